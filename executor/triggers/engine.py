@@ -110,6 +110,7 @@ from executor.triggers.registration import (
 from executor.triggers.store import LEVEL, NewAtom, PendingFiring, StoredCallback, TriggerStore
 from executor.triggers.universal import (
     CodeCheck,
+    LineName,
     ReloadStatus,
     UniversalCallback,
     UniversalConfigError,
@@ -390,10 +391,10 @@ class TriggerEngine:
         self._universal: list[UniversalCallback] = []
         # Every line this engine has loaded (``line_name``): a firing whose line is not
         # loaded now was removed by a reload, or was never read here.
-        self._lines_seen: set[tuple[str, str]] = set()
+        self._lines_seen: set[LineName] = set()
         # Lines of the set kept from before a restart that it left out (``line_name``):
         # the policy each named, and why it was left out, for their firings' refusals.
-        self._left_out: dict[tuple[str, str], tuple[str, str]] = {}
+        self._left_out: dict[LineName, tuple[str, str]] = {}
         # Configured directories found missing at the last reload (an unmounted share).
         self._missing_dirs: list[Path] = []
         self._warn_missing_dirs = warn_missing_dirs
@@ -401,7 +402,7 @@ class TriggerEngine:
         self._last_good = last_good
         self.universal_reload = ReloadStatus()
         # Lines removed whose clocks a load could not stop (the store away): the next does.
-        self._clocks_to_stop: set[tuple[str, str]] = set()
+        self._clocks_to_stop: set[LineName] = set()
         self._check_code = check_code
         self._languages = languages
         self._clock = clock
@@ -445,17 +446,21 @@ class TriggerEngine:
     def universal(self) -> list[UniversalCallback]:
         return list(self._universal)
 
+    def _find_line(self, source: str, triggers: str) -> UniversalCallback | None:
+        """The loaded line of a registered universal callback (``find_line``), or None: gone."""
+        return find_line(self._universal, source, triggers, self._universal_dirs)
+
     def as_loaded(self, callback: StoredCallback) -> StoredCallback:
         """``callback``, a universal one naming its line's file as loaded now (``find_line``).
 
         Its stored source is the file's path at registration: after the data dir moved
-        (or in a fleet, at another replica) the line is found by the file's name, and the
+        (or in a fleet, at another replica) the line is found by its name, and the
         file that counts, the one whose options its firings take, is the one loaded.
         Unchanged when the line is gone (its firings are refused, naming the stored one).
         """
         if not callback.universal:
             return callback
-        loaded = find_line(self._universal, callback.source, callback.triggers)
+        loaded = self._find_line(callback.source, callback.triggers)
         if loaded is None or loaded.source == callback.source:
             return callback
         return replace(callback, source=loaded.source)
@@ -629,7 +634,7 @@ class TriggerEngine:
             before = kept[0] if kept is not None else []
         return before
 
-    def _stop_clocks_of(self, removed: set[tuple[str, str]]) -> None:
+    def _stop_clocks_of(self, removed: set[LineName]) -> None:
         """Stop the clocks of the lines a load removed, at every job they are attached to.
 
         A removed line's firings are refused (``_not_loaded``), but a repeat attached with
@@ -665,7 +670,7 @@ class TriggerEngine:
                 len(stopped),
             )
 
-    def _restart_clocks_of(self, added: set[tuple[str, str]]) -> None:
+    def _restart_clocks_of(self, added: set[LineName]) -> None:
         """Start the repeats of the lines a load added back again, at every job they stayed at.
 
         A removed line's clocks were stopped (``_stop_clocks_of``); back, its event atoms
@@ -885,7 +890,7 @@ class TriggerEngine:
             # read before it would undo an event's latch committed meanwhile.
             previous = TriggerStore.callbacks_to_register(db, job_id)
             plain_specs = [spec for spec, _ in specs]
-            kept_as = continued(plain_specs, previous)
+            kept_as = continued(plain_specs, previous, self._universal_dirs)
             first_time = store_job(db, job, plain_specs, kept_as, previous)
             keep_journal(db, job_id, plain_specs, kept_as, previous)
             decider = Decider(
@@ -1438,9 +1443,9 @@ class TriggerEngine:
         named, shadow = "", False
         if universal:
             spec = invocation.callback
-            loaded = find_line(self._universal, spec.source, spec.triggers)
+            loaded = self._find_line(spec.source, spec.triggers)
             if loaded is None and self._caught_up_with_fleet():
-                loaded = find_line(self._universal, spec.source, spec.triggers)
+                loaded = self._find_line(spec.source, spec.triggers)
             if loaded is not None:
                 named, shadow = loaded.policy, loaded.shadow
                 invocation = replace(invocation, callback=replace(spec, source=loaded.source))
@@ -1488,7 +1493,7 @@ class TriggerEngine:
         shadow = False
         if line is not None:
             source, triggers = line
-            loaded = find_line(self._universal, source, triggers)
+            loaded = self._find_line(source, triggers)
             if loaded is None:
                 return self._not_loaded(source, triggers), False
             shadow = loaded.shadow

@@ -15,9 +15,9 @@ latch what its states show.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from executor.bounds import code_size_problem
@@ -48,7 +48,13 @@ from executor.triggers.nodes import (
     substitute_all,
 )
 from executor.triggers.store import EDGE, LEVEL, MODES, StoredCallback, TriggerStore
-from executor.triggers.universal import UniversalCallback, trigger_key
+from executor.triggers.universal import (
+    LineName,
+    UniversalCallback,
+    found_by_name,
+    line_name,
+    trigger_key,
+)
 
 QUBE = Language.QUBE.value
 _LANGUAGES = tuple(language.value for language in Language)
@@ -108,7 +114,9 @@ def callback_specs(
 
 
 def continued(
-    specs: Sequence[Mapping[str, Any]], previous: Sequence[StoredCallback]
+    specs: Sequence[Mapping[str, Any]],
+    previous: Sequence[StoredCallback],
+    directories: Collection[Path],
 ) -> list[StoredCallback | None]:
     """Per spec (``callback_specs``), the callback of the job's last registration it is.
 
@@ -121,8 +129,9 @@ def continued(
     they move when a reload adds a line before it or the job's callbacks change in
     number) and whatever the line's options or the file's code became. Its file is found
     by path, else (a fleet whose replicas each keep callbacks.conf in a directory of
-    their own) by name when exactly one of the last registration's universal callbacks
-    has that name and trigger, as ``universal.find_line`` finds a firing's line.
+    their own, a moved data dir) by its ``line_name`` when exactly one of the last
+    registration's universal callbacks, of a directory not among ``directories`` (those
+    configured), has it, as ``universal.find_line`` finds a firing's line.
     """
     own = {
         (cb.callback_id, trigger_key(cb.triggers), cb.code, cb.mode): cb
@@ -137,14 +146,16 @@ def continued(
         else:
             same = (spec["id"], trigger_key(spec["triggers"]), spec["code"], spec["mode"])
             found.append(own.get(same))
-    # The lines not found by path, by file name: taken only where that is unambiguous.
-    was: dict[tuple[str, str], list[StoredCallback]] = {}
-    for (source, key), cb in lines.items():
-        was.setdefault((os.path.basename(source), key), []).append(cb)
-    now: dict[tuple[str, str], list[int]] = {}
+    # The lines not found by path, by line_name (of a directory not configured here): taken
+    # only where that is unambiguous.
+    was: dict[LineName, list[StoredCallback]] = {}
+    for cb in lines.values():
+        if found_by_name(cb.source, directories):
+            was.setdefault(line_name(cb.source, cb.triggers), []).append(cb)
+    now: dict[LineName, list[int]] = {}
     for index, spec in enumerate(specs):
         if spec["universal"] and found[index] is None:
-            name = (os.path.basename(spec["source"]), trigger_key(spec["triggers"]))
+            name = line_name(spec["source"], spec["triggers"])
             now.setdefault(name, []).append(index)
     for name, indexes in now.items():
         if len(indexes) == 1 and len(was.get(name, ())) == 1:

@@ -37,11 +37,12 @@ Brackets cannot start a Qube file name's extension, so a Qube ``callbacks.conf``
 the same here. A directory's policy and the options are read at each load: turning
 shadow off, or changing a policy, is a reload.
 
-A line is its file and its trigger in canonical form (``trigger_key``, ``find_line``):
-one file may be named on several lines, each a callback with its own options (Qube maps
-a file to several triggers), so a ``[shadow]`` line never takes another line's options,
-and a line removed (or whose trigger changed, not merely its spacing) is gone for the
-jobs it was attached to even while the file is still named. The same file with the
+A line is its directory as configured, its file and its trigger in canonical form
+(``trigger_key``, ``find_line``): one file may be named on several lines, each a callback
+with its own options (Qube maps a file to several triggers), so a ``[shadow]`` line never
+takes another line's options, and a line removed (or whose trigger changed, not merely its
+spacing) is gone for the jobs it was attached to even while the file is still named, in
+its directory or another (whose line would run it under that one's policy). The same file with the
 same trigger twice in one directory is a load error: the lines could not be told apart.
 
 Triggers get the registration checks a trigger alone allows (checks.static_checks) at
@@ -494,29 +495,52 @@ def trigger_key(triggers: str) -> str:
         return " ".join(triggers.split())
 
 
-def line_name(source: str, triggers: str) -> tuple[str, str]:
-    """A line as every replica names it: its file name and its trigger (``find_line``)."""
-    return os.path.basename(source), trigger_key(triggers)
+# A line as every replica names it (``line_name``): its directory's name, its file name
+# and its trigger in canonical form.
+LineName = tuple[str, str, str]
+
+
+def line_name(source: str, triggers: str) -> LineName:
+    """A line as every replica names it: its directory's name, its file's, its trigger (``find_line``)."""
+    directory, file = os.path.split(source)
+    return os.path.basename(directory), file, trigger_key(triggers)
+
+
+def found_by_name(source: str, directories: Collection[Path]) -> bool:
+    """Whether a registered line's file may be found by its ``line_name``: its directory is not configured.
+
+    A directory configured here is its lines' own: one of them gone from it is gone,
+    never taken for a line of another directory (it would run under that one's policy).
+    """
+    return Path(source).parent not in directories
 
 
 def find_line(
-    loaded: Sequence[UniversalCallback], source: str, triggers: str
+    loaded: Sequence[UniversalCallback],
+    source: str,
+    triggers: str,
+    directories: Collection[Path],
 ) -> UniversalCallback | None:
-    """The loaded line a registered universal callback came from: same file, same trigger.
+    """The loaded line a registered universal callback came from: same directory, file and trigger.
 
-    By its path; else by its file name, when exactly one loaded line names that file
-    with that trigger: in a fleet each replica may keep the same callbacks.conf in a
-    directory of its own (the default ``<data_dir>/callback``), and a job registered at
-    one replica fires at another. None when the line is gone.
+    By its path; else, when its directory is not one of ``directories`` (those
+    configured here), by its ``line_name`` (the directory's name, the file's, the
+    trigger), when exactly one loaded line has it: in a fleet each replica may keep the
+    same callbacks.conf in a directory of its own (the default ``<data_dir>/callback``),
+    and a job registered at one replica fires at another; a data dir may have moved
+    since. Never a line of a directory of another name: a directory dropped from
+    ``universal_callback_path`` does not hand its lines to another. None when the line
+    is gone.
     """
-    key, name = trigger_key(triggers), os.path.basename(source)
+    key = trigger_key(triggers)
+    name = line_name(source, triggers) if found_by_name(source, directories) else None
     named = []
     for line in loaded:
         if trigger_key(line.triggers) != key:
             continue
         if line.source == source:
             return line
-        if os.path.basename(line.source) == name:
+        if name is not None and line_name(line.source, line.triggers) == name:
             named.append(line)
     return named[0] if len(named) == 1 else None
 

@@ -1,9 +1,11 @@
 """How a universal-callback directory's files are read: safely, and as one saved state.
 
 Safely: a file is read only if it really is a regular file in its directory, at most
-MAX_FILE_BYTES, and neither it nor its directory may be written by anyone but root or
-the executor's own user (``unsafe_directory``, ``_Unsafe``): whoever can write there
-has code run by the executor, under the ``universal`` policy (sshd's StrictModes).
+MAX_FILE_BYTES, and neither it, nor its directory, nor a directory its name is looked
+up through in there (a symbolic link's way into a sub-directory: ``_loose_way``) may be
+written by anyone but root or the executor's own user (``unsafe_directory``,
+``_Unsafe``): whoever can write there has code run by the executor, under the
+``universal`` policy (sshd's StrictModes).
 
 As one saved state: a load reads ``callbacks.conf``, then each file it names. An editor's
 save (vim renames the file away and writes a new one; others truncate, then write) or a
@@ -17,6 +19,7 @@ through, its files still as it left them), reading again otherwise
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -74,8 +77,23 @@ class _Unsafe(Unreadable):
         return _unsafe(self.status, name, directory / name, "it") or "unsafe"
 
 
+class _LooseWay(Unreadable):
+    """A directory the file's name is looked up through is not safe (``_loose_way``)."""
+
+    def __init__(self, directory: str, status: os.stat_result) -> None:
+        super().__init__()
+        self.directory, self.status = directory, status
+
+    def why(self, name: str, directory: Path) -> str:
+        way = Path(self.directory)
+        return _unsafe(self.status, f"{name} leads through {way}, which", way, "there") or "unsafe"
+
+
 def _unsafe(status: os.stat_result, name: str, path: Path, pronoun: str) -> str | None:
-    """Why a file or directory with ``status`` may not hold callbacks, or None."""
+    """Why a file or directory with ``status`` may not hold callbacks, or None.
+
+    ``pronoun`` is what whoever can write it writes: "it" (a file) or "there" (a directory).
+    """
     mode = stat.S_IMODE(status.st_mode)
     if mode & _LOOSE:
         return (
@@ -86,7 +104,7 @@ def _unsafe(status: os.stat_result, name: str, path: Path, pronoun: str) -> str 
     if status.st_uid not in (0, own):
         return (
             f"{name} is owned by uid {status.st_uid}, neither root nor the executor's user "
-            f"(uid {own}): whoever owns {pronoun} has code run by the executor; "
+            f"(uid {own}): whoever owns it has code run by the executor; "
             f"chown root {path}"
         )
     return None
@@ -174,6 +192,8 @@ def _read(directory: Path, path: Path) -> tuple[str, os.stat_result]:
         opened = os.readlink(f"/proc/self/fd/{fd}")
         if os.path.commonpath([opened, inside]) != inside:
             raise _Outside
+        if loose := _loose_way(inside, path.name):
+            raise _LooseWay(*loose)
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             raise _NotRegular
@@ -189,3 +209,42 @@ def _read(directory: Path, path: Path) -> tuple[str, os.stat_result]:
         # line ends as a text-mode read gives them (a Windows editor's CRLF is one).
         text = data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
         return text, status
+
+
+# As the kernel's (MAXSYMLINKS): a longer chain of links is a loop.
+_MAX_LINKS: Final = 40
+
+
+def _loose_way(inside: str, name: str) -> tuple[str, os.stat_result] | None:
+    """The first directory ``name`` is looked up through from ``inside`` that is not safe, or None.
+
+    Links followed as the kernel does: a sub-directory the file or a link on its way is
+    in decides which file this is, so whoever may write one chooses the code that runs
+    (a root-owned file no line names, say). ``inside`` itself is checked for its own
+    error (``unsafe_directory``), and so are not the directories on the way to it (an
+    absolute link's ``/``, ``/srv``): the setting names them.
+    """
+    current, parts, links = inside, name.split("/"), 0
+    while parts:
+        part = parts.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = os.path.dirname(current)
+            continue
+        if os.path.commonpath([current, inside]) != current:  # neither inside nor on the way
+            status = os.stat(current)
+            if _unsafe(status, "", Path(current), "") is not None:
+                return current, status
+        step = os.path.join(current, part)
+        if not os.path.islink(step):
+            current = step
+            continue
+        links += 1
+        if links > _MAX_LINKS:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), step)
+        target = os.readlink(step)
+        parts[:0] = target.split("/")
+        if target.startswith("/"):
+            current = "/"
+    return None

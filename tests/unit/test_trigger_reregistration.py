@@ -98,7 +98,9 @@ async def test_a_level_line_is_kept_by_its_file_name_at_a_replica_with_its_own_d
     tmp_path: Path, engines: Engines
 ) -> None:
     text = "logged.qcb [level] = submit-job-self\n"
-    here, there = conf_dir(tmp_path / "one", text), conf_dir(tmp_path / "two", text)
+    # The default universal_callback_path, <data_dir>/callback: a directory per replica.
+    here = conf_dir(tmp_path / "one" / "callback", text)
+    there = conf_dir(tmp_path / "two" / "callback", text)
     registering = engines(Recorder(), universal_dirs=[here])
     assert registering.reload_universal() == []
     assert len(registering.register_job(own(42)).fired) == 1
@@ -107,6 +109,26 @@ async def test_a_level_line_is_kept_by_its_file_name_at_a_replica_with_its_own_d
     other = engines(Recorder(), universal_dirs=[there])
     assert other.reload_universal() == []
     assert other.register_job(own(42, "complete-job-self")).fired == []
+
+
+async def test_a_line_moved_to_another_configured_directory_is_a_new_line_of_the_job(
+    tmp_path: Path, engines: Engines
+) -> None:
+    # Probe 138: a line's identity is its directory too; the fallback by name is for a
+    # directory not configured here (another replica's, a moved data dir).
+    a = conf_dir(tmp_path / "A", "logged.qcb [level] = submit-job-self\n")
+    b = conf_dir(tmp_path / "B", "")
+    engine = engines(Recorder(), universal_dirs=[a, b], universal_policies={b: "wide"})
+    assert engine.reload_universal() == []
+    assert len(engine.register_job(own(43)).fired) == 1
+    (a / "callbacks.conf").write_text("")
+    (b / "callbacks.conf").write_text("logged.qcb [level] = submit-job-self\n")
+    assert engine.reload_universal() == []
+
+    again = engine.register_job(own(43, "complete-job-self"))
+
+    assert [fired.callback.source for fired in again.fired] == [f"{b}/logged.qcb"]
+    await engine.wait_idle()
 
 
 async def test_a_line_whose_trigger_changed_in_spacing_only_keeps_its_latches(

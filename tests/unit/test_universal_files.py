@@ -316,3 +316,62 @@ def test_a_load_waits_for_a_checkout_that_pauses_half_way(tmp_path: Path) -> Non
         ("a.py", "submit-job-self", "print('work')"),
         ("b.py", "done-work-self", "print('work')"),
     ]
+
+
+def _linked_through_sub(tmp_path: Path, via: str) -> Path:
+    """``c.py`` in a callbacks directory leads into its sub-directory ``sub`` (``via``)."""
+    conf = _directory(tmp_path / "callback", "c.py = done-job-self\n")
+    (conf / "sub").mkdir()
+    (conf / "x.py").write_text("print('x')\n")
+    (conf / "sub" / "x.py").write_text("print('sub x')\n")
+    if via == "file":  # c.py -> sub/x.py
+        (conf / "c.py").symlink_to("sub/x.py")
+    else:  # c.py -> sub/y -> ../x.py: a link in sub, the file outside it
+        (conf / "sub" / "y").symlink_to("../x.py")
+        (conf / "c.py").symlink_to("sub/y")
+    return conf
+
+
+@pytest.mark.parametrize("via", ["file", "link"])
+def test_a_link_through_a_sub_directory_others_may_write_is_refused(
+    tmp_path: Path, via: str
+) -> None:
+    # Probe 138: whoever could write `sub` chose which file runs as c.py.
+    conf = _linked_through_sub(tmp_path, via)
+    (conf / "sub").chmod(0o777)
+
+    assert _errors([conf]) == [
+        f"{conf}/callbacks.conf:1: c.py leads through {conf}/sub, which is writable by group "
+        "or others (mode 0777): whoever can write there has code run by the executor; "
+        f"chmod go-w {conf}/sub"
+    ]
+
+
+def test_a_link_through_a_sub_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    conf = _linked_through_sub(tmp_path, "link")
+    os.chown(conf / "sub", 65534, -1)
+
+    assert _errors([conf]) == [
+        f"{conf}/callbacks.conf:1: c.py leads through {conf}/sub, which is owned by uid "
+        f"65534, neither root nor the executor's user (uid {os.geteuid()}): whoever owns it "
+        f"has code run by the executor; chown root {conf}/sub"
+    ]
+
+
+@pytest.mark.parametrize("via", ["file", "link"])
+def test_a_link_through_a_safe_sub_directory_loads(tmp_path: Path, via: str) -> None:
+    conf = _linked_through_sub(tmp_path, via)
+
+    (loaded,) = load_universal([conf], lambda _: None)
+
+    assert loaded.code == ("print('sub x')\n" if via == "file" else "print('x')\n")
+
+
+def test_a_directory_of_another_user_is_refused_in_plain_words(tmp_path: Path) -> None:
+    conf = _directory(tmp_path / "callback", "ok.py = done-job-self\n")
+    os.chown(conf, 65534, -1)
+
+    assert _errors([conf]) == [
+        f"{conf}: the directory is owned by uid 65534, neither root nor the executor's user "
+        f"(uid {os.geteuid()}): whoever owns it has code run by the executor; chown root {conf}"
+    ]

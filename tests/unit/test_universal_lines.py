@@ -106,7 +106,8 @@ async def test_a_line_is_found_by_its_file_name_at_a_replica_with_its_own_direct
 ) -> None:
     """A fleet: the same callbacks.conf at <data_dir>/callback of each replica."""
     text = "blockme.py = submit-job-self\nblockme.py [shadow] = failed-job-self\n"
-    here, there = _directory(tmp_path / "one", text), _directory(tmp_path / "two", text)
+    here = _directory(tmp_path / "one" / "callback", text)
+    there = _directory(tmp_path / "two" / "callback", text)
     registering = engines(Recorder(), universal_dirs=[here])
     assert registering.reload_universal() == []
     registering.register_job(job(7))
@@ -128,16 +129,18 @@ def test_find_line_matches_the_file_and_the_trigger() -> None:
     shadow = UniversalCallback("/a/blockme.py", "python", "", "failed-job-self", shadow=True)
     other_dir = UniversalCallback("/b/blockme.py", "python", "", "done-job-self")
     loaded = [live, shadow, other_dir]
+    here = [Path("/a"), Path("/b")]
 
-    assert find_line(loaded, "/a/blockme.py", "failed-job-self") is shadow
+    assert find_line(loaded, "/a/blockme.py", "failed-job-self", here) is shadow
     # However the trigger's words are spaced.
-    assert find_line(loaded, "/a/blockme.py", " submit-job-self ") is live
-    assert find_line(loaded, "/a/blockme.py", "done-job-self || failed-job-self") is None
-    # Another replica's path: by file name, when one loaded line has that name and trigger.
-    assert find_line(loaded, "/elsewhere/blockme.py", "failed-job-self") is shadow
-    both = [*loaded, UniversalCallback("/c/blockme.py", "python", "", "failed-job-self")]
-    assert find_line(both, "/elsewhere/blockme.py", "failed-job-self") is None
-    assert find_line(both, "/c/blockme.py", "failed-job-self") is both[-1]
+    assert find_line(loaded, "/a/blockme.py", " submit-job-self ", here) is live
+    assert find_line(loaded, "/a/blockme.py", "done-job-self || failed-job-self", here) is None
+    # Another replica's path: by directory and file name, when one loaded line has them
+    # with that trigger.
+    assert find_line(loaded, "/elsewhere/a/blockme.py", "failed-job-self", here) is shadow
+    both = [*loaded, UniversalCallback("/c/a/blockme.py", "python", "", "failed-job-self")]
+    assert find_line(both, "/elsewhere/a/blockme.py", "failed-job-self", here) is None
+    assert find_line(both, "/c/a/blockme.py", "failed-job-self", here) is both[-1]
 
 
 def test_one_file_with_one_trigger_twice_is_a_load_error(tmp_path: Path) -> None:
@@ -196,9 +199,10 @@ async def test_a_line_respaced_around_its_operators_is_the_same_line_after_a_rel
 def test_find_line_compares_canonical_triggers() -> None:
     line = UniversalCallback("/a/blockme.py", "python", "", "done-job-self && failed-job-007")
 
-    assert find_line([line], "/a/blockme.py", "done-job-self&&failed-job-7") is line
-    assert find_line([line], "/a/blockme.py", "(done-job-self and failed-job-7)") is line
-    assert find_line([line], "/a/blockme.py", "done-job-self || failed-job-7") is None
+    here = [Path("/a")]
+    assert find_line([line], "/a/blockme.py", "done-job-self&&failed-job-7", here) is line
+    assert find_line([line], "/a/blockme.py", "(done-job-self and failed-job-7)", here) is line
+    assert find_line([line], "/a/blockme.py", "done-job-self || failed-job-7", here) is None
 
 
 def test_one_trigger_twice_however_its_operators_are_spaced_is_a_load_error(
