@@ -27,7 +27,7 @@ LINE = "tagged.qcb = complete-job-self\n"
 
 
 def directory(path: Path) -> Path:
-    path.mkdir()
+    path.mkdir(parents=True)
     (path / "tagged.qcb").write_text("mail-status")
     (path / "callbacks.conf").write_text("")
     return path
@@ -42,7 +42,8 @@ async def replicas(
     Neither polls the version row while the test runs: the test is the moment before.
     """
     monkeypatch.setattr(engine_module, "FLEET_POLL_S", 3600.0)
-    here, there = directory(tmp_path / "r1"), directory(tmp_path / "r3")
+    # Each replica's <data_dir>/callback: the same directory name, as a fleet's lines need.
+    here, there = directory(tmp_path / "r1" / "callback"), directory(tmp_path / "r3" / "callback")
     recorder = Recorder()
 
     def open_engine(dirs: list[Path], runs: Recorder, **kwargs: Any) -> TriggerEngine:
