@@ -61,6 +61,7 @@ _MADE_BY_STEP: Final[dict[int, tuple[str, ...]]] = {
     4: ("unregistered_submissions",),
     6: ("job_registrations",),
     9: ("execute_claims",),
+    14: ("removed_jobs",),
 }  # fmt: skip
 # What the executor's statements do to each of its tables (it never changes the schema),
 # and to its sequences (nextval); cbexec_schema it only reads.
@@ -78,7 +79,14 @@ CREATE TABLE IF NOT EXISTS fleet_versions (
 def _steps() -> list[str]:
     """Migration steps, oldest first; step n brings a database to version n."""
     from executor.runs import history, history_size, invocation_ids, outbox
-    from executor.triggers import decided_firings, event_id_reuse, event_ids, states, store
+    from executor.triggers import (
+        decided_firings,
+        event_id_reuse,
+        event_ids,
+        removals,
+        states,
+        store,
+    )
 
     return [
         pg_ddl(
@@ -133,6 +141,14 @@ def _steps() -> list[str]:
         # have none: unknown, taken for the same event. (A database made at an earlier
         # version by this code has the column already.)
         event_id_reuse.PG_COLUMN,
+        # When each removed job was removed (removals.py): its id registered again is
+        # another job, and the latches the removed one set go (label_moves.py); and the
+        # last job to take a resolved check's label (checks.resolve_label), indexed by its
+        # label. (A database made at an earlier version by this code has them already.)
+        pg_ddl(removals.SCHEMA)
+        + " ALTER TABLE trigger_checks ADD COLUMN IF NOT EXISTS last_holder BIGINT NOT NULL"
+        " DEFAULT 0; CREATE INDEX IF NOT EXISTS trigger_checks_by_label ON trigger_checks"
+        " (pgrp, label) WHERE label != '';",
     ]
 
 

@@ -86,6 +86,8 @@ def entry_effect(entry: Mapping[str, Any], *, dry: bool = False) -> str:
     A dry run's says what the event would do: ``would latch ...; would fire (count 1)``.
     """
     kind = _short(entry["kind"], "JOURNAL_ENTRY_KIND_")
+    if kind == "cleared":  # a registration's, never a dry run's
+        return f"cleared {', '.join(entry.get('latched') or ())}: {entry.get('reason', '')}"
     parts: list[str] = []
     if entry.get("latched"):
         parts.append(f"{'would latch' if dry else 'latched'} {', '.join(entry['latched'])}")

@@ -81,11 +81,15 @@ CREATE TABLE IF NOT EXISTS trigger_checks (
     universal INTEGER NOT NULL DEFAULT 0,
     pgrp INTEGER NOT NULL DEFAULT 0,
     label TEXT NOT NULL DEFAULT '',
-    resolved TEXT NOT NULL DEFAULT ''
+    resolved TEXT NOT NULL DEFAULT '',
+    last_holder INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS trigger_checks_by_job ON trigger_checks (job_id);
 CREATE INDEX IF NOT EXISTS trigger_checks_pending
     ON trigger_checks (pgrp, label) WHERE label != '' AND resolved = '';
+-- The resolved checks of a label too, for the job that takes it last (``resolve_label``).
+CREATE INDEX IF NOT EXISTS trigger_checks_by_label ON trigger_checks (pgrp, label)
+    WHERE label != '';
 """
 
 
@@ -116,6 +120,8 @@ class Check:
         pgrp, label: For ``unknown_label``, the label whose registration in that pgrp
             resolves it.
         resolved: Once resolved, by what (``why`` shows it); "" while pending.
+        last_holder: The last job that took the label once resolved (0: none yet), the
+            one ``why`` names once the label names no job again.
     """
 
     kind: CheckKind
@@ -127,6 +133,7 @@ class Check:
     pgrp: int = 0
     label: str = ""
     resolved: str = ""
+    last_holder: int = 0
 
     def line(self) -> str:
         """One line naming the callback and the atom."""
@@ -492,16 +499,23 @@ def resolution(label: str, job_id: int) -> str:
 def resolve_label(db: Db, pgrp: int, label: str, job_id: int, since: str) -> int:
     """Mark the pending ``unknown_label`` checks of ``label`` in ``pgrp`` resolved by ``job_id``.
 
-    The first job to take the label is noted; where it moved since, ``why`` reads the
-    check as it stands (``as_it_stands``).
+    The first job to take the label is noted, and the last (``last_holder``) on every
+    check of it; where it moved since, ``why`` reads the check as it stands
+    (``as_it_stands``).
     """
-    return int(
+    resolved = int(
         db.execute(
             "UPDATE trigger_checks SET resolved = ? WHERE pgrp = ? AND label = ? AND label != ''"
             " AND resolved = ''",
             (resolution(label, job_id) + since, pgrp, label),
         ).rowcount
     )
+    db.execute(
+        "UPDATE trigger_checks SET last_holder = ? WHERE pgrp = ? AND label = ? AND label != ''"
+        " AND last_holder != ?",
+        (job_id, pgrp, label, job_id),
+    )
+    return resolved
 
 
 def as_it_stands(check: Check, holder: int | None) -> Check:
@@ -525,9 +539,14 @@ def as_it_stands(check: Check, holder: int | None) -> Check:
         check,
         resolved=(
             f"label '{check.label}' names no job in pgrp {check.pgrp} now"
-            f" ({_first_holder(check)} held it)"
+            f" ({_last_holder(check)} held it)"
         ),
     )
+
+
+def _last_holder(check: Check) -> str:
+    """``job N`` of the job that took the label last (the first, for a check from before)."""
+    return f"job {check.last_holder}" if check.last_holder else _first_holder(check)
 
 
 def _first_holder(check: Check) -> str:
@@ -564,6 +583,7 @@ def of_job(db: Db, job_id: int, *, callback_ids: tuple[int, int] | None = None) 
             pgrp=int(row["pgrp"]),
             label=row["label"],
             resolved=row["resolved"],
+            last_holder=int(row["last_holder"]),
         )
         for row in rows
     ]

@@ -34,7 +34,9 @@ Semantics (documented in the README; every decision is one of evaluate's functio
   queue, the firings queued before a restart first, each once.
 - Repeats: an event whose ``event_id`` was applied within the retention decides nothing;
   the ids past it are forgotten every minute, off the event path (event_ids.py). A job
-  ``removed`` takes every row of it with it (``TriggerStore.forget_job``).
+  ``removed`` takes every row of it with it (``TriggerStore.forget_job``), but the
+  latches its events set in other jobs' callbacks: they go when its label or id comes to
+  name another job (label_moves.py), in that job's registration.
 - Explanations: registration checks (checks.py) come back from ``register_job``; the
   journal (journal.py) says what each event did to each callback; ``explain`` (why.py)
   puts it together for a job.
@@ -76,7 +78,9 @@ from executor.triggers import (
     group_reads,
     items,
     journal,
+    label_moves,
     near_misses,
+    removals,
     states,
     why,
 )
@@ -889,10 +893,13 @@ class TriggerEngine:
             # Read (and in a fleet locked) in the transaction that writes it back: a copy
             # read before it would undo an event's latch committed meanwhile.
             previous = TriggerStore.callbacks_to_register(db, job_id)
+            before = TriggerStore.place_in(db, job_id)
             plain_specs = [spec for spec, _ in specs]
             kept_as = continued(plain_specs, previous, self._universal_dirs)
             first_time = store_job(db, job, plain_specs, kept_as, previous)
             keep_journal(db, job_id, plain_specs, kept_as, previous)
+            # Before the level passes: what the old holder of its label or id latched goes.
+            cleared = label_moves.release(db, place, before, first_time, now, _parsed)
             decider = Decider(
                 db,
                 SeenEvent(Event("submit", "job", job_id), now),
@@ -916,7 +923,7 @@ class TriggerEngine:
             checks.replace_job(db, job_id, found)
             if label:
                 checks.resolve_label(db, place.pgrp, label, job_id, _iso(now))
-            journal.append(db, decider.decision.entries, self._journal)
+            journal.append(db, [*cleared, *decider.decision.entries], self._journal)
             self._own(db, batch, decider.decision.firings)
             registered = TriggerStore.callbacks_in(db, job_id)
         return Registration(registered, found, decider.decision.fired), decider.decision.firings
@@ -1044,7 +1051,7 @@ class TriggerEngine:
         deferred.take(db, event, decision)
         if event.name == EventName.REMOVED and event.type == EventType.JOB:
             deferred.flush(db)  # what waits for the job's states is written before they go
-            TriggerStore.forget_job(db, event.job_id)
+            TriggerStore.forget_job(db, event.job_id, self._clock())
         self._prune(db)
         return decision, False
 
@@ -1156,7 +1163,7 @@ class TriggerEngine:
             group.flush(db)
             deferred.flush(db)  # what waits for a removed job's states is written before they go
         if _removes_job(last) and not applied[-1][1]:
-            TriggerStore.forget_job(db, last.job_id)
+            TriggerStore.forget_job(db, last.job_id, self._clock())
         return applied
 
     def _applied(self, applied: list[tuple[Decision, bool]]) -> list[tuple[Decision, bool]]:
@@ -1191,7 +1198,8 @@ class TriggerEngine:
         """Prune what is bounded, at most once per ``PRUNE_EVERY_S``.
 
         Journal entries past their age, and the remembered submissions of jobs never
-        registered past their number (``states.MAX_REMEMBERED_SUBMISSIONS``).
+        registered and removals of jobs past their numbers
+        (``states.MAX_REMEMBERED_SUBMISSIONS``, ``removals.MAX_REMEMBERED_REMOVALS``).
         """
         now = self._clock()
         if now - self._journal_pruned_at < journal.PRUNE_EVERY_S:
@@ -1199,6 +1207,7 @@ class TriggerEngine:
         self._journal_pruned_at = now
         journal.prune_older_than(db, now - self._journal.max_age_s)
         states.prune_submissions(db)
+        removals.prune(db)
 
     def match(self, event: Event, *, dry: bool) -> Decision:
         """Apply (or, dry, simulate) one event; what it fires is queued for the worker.

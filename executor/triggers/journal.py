@@ -89,6 +89,9 @@ class EntryKind(enum.StrEnum):
     SPENT = "spent"  # matched, but the callback has fired its maximum: nothing changed
     NEAR_MISS = "near_miss"  # name, type and extra matched; the context named another job
     LEVEL = "level"  # level mode latched already-happened events at registration
+    # A label or job id came to name another job: the latches its old holder set went
+    # (label_moves.py); ``latched`` holds those atoms, ``reason`` says why.
+    CLEARED = "cleared"
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,7 @@ from executor.storage import (
     wait_briefly_for_locks,
     writing,
 )
-from executor.triggers import checks, event_ids, items, journal, states, store_space
+from executor.triggers import checks, event_ids, items, journal, removals, states, store_space
 from executor.triggers.evaluate import AtomKey, JobPlace, scope_label
 from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
 from executor.triggers.snapshots import (
@@ -158,6 +158,8 @@ _ADDED_COLUMNS: Final = (
     ("seen_events", "fired_json", "TEXT NOT NULL DEFAULT ''"),
     # Each id's event's fingerprint (event_id_reuse.py); ids seen before read as unknown.
     ("seen_events", "fingerprint", "BLOB"),
+    # The last job to take a resolved check's label (checks.resolve_label); 0: the first.
+    ("trigger_checks", "last_holder", "INTEGER NOT NULL DEFAULT 0"),
 )
 # SQLite's stand-in for PostgreSQL's sequence ``job_registrations`` (migrations.py): the
 # last number a job's registration was given. A counter of its own, not the largest
@@ -179,6 +181,7 @@ FULL_SCHEMA: Final = (
     + states.SCHEMA
     + states.SUBMISSIONS_SCHEMA
     + checks.SCHEMA
+    + removals.SCHEMA
 )
 
 
@@ -835,15 +838,18 @@ class TriggerStore:
         db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
     @staticmethod
-    def forget_job(db: Db, job_id: int) -> None:
-        """Every row a job ``removed`` leaves, in the caller's transaction.
+    def forget_job(db: Db, job_id: int, at: float) -> None:
+        """Every row a job ``removed`` (at ``at``) leaves, in the caller's transaction.
 
         ``remove_job``, and its known states, remembered submission, registration checks
         and journal: nothing reads them once the job is gone (``why`` answers NOT_FOUND),
         and a job registered again under its id starts without them. Its queued firings
         stay (they run as decided, then leave the queue), and so do its events' ids
-        (``event_ids``: a resent ``removed`` is still a repeat).
+        (``event_ids``: a resent ``removed`` is still a repeat), and the latches its
+        events set in other jobs' callbacks, until its id is registered again: the time
+        of its removal is remembered for that (``removals``).
         """
+        removals.remember(db, job_id, at)
         TriggerStore.remove_job(db, job_id)
         states.forget_job(db, job_id)
         states.forget_submission(db, job_id)

@@ -19,6 +19,9 @@ _QUBE_EPOCH = 946702800
 # Tables that name no job, directly or through a callback: the ids of events (bounded by
 # their age, event_ids.py), and SQLite's counter of registrations (one row).
 NOT_PER_JOB = frozenset({"seen_events", "registration_counter"})
+# Tables a removal writes, not clears: when each job was removed (bounded by their number,
+# removals.py), so its id registered again is told apart from it.
+LEFT_BY_REMOVAL = frozenset({"removed_jobs"})
 
 
 def store_tables() -> list[str]:
@@ -60,6 +63,8 @@ def rows_of(
     counts: dict[str, int] = {}
     with store.outside_transaction() as db:
         for table in store_tables():
+            if table in LEFT_BY_REMOVAL:
+                continue
             columns = _columns(db, table)
             if "job_id" in columns:
                 column, keys = "job_id", sorted(job_ids)

@@ -15,7 +15,7 @@ import pytest
 
 from executor.errors import StoreFullError
 from executor.model import Event
-from executor.triggers import decided_firings, event_ids
+from executor.triggers import decided_firings, event_ids, removals
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
 from tests.helpers.trigger_engines import LIMITS, Engines, Recorder, engines_made, job
@@ -315,3 +315,14 @@ async def test_a_big_job_registered_and_removed_leaves_the_log_within_its_bound(
     # One job's transaction at most (~8 MiB, twice with SQLite's secure_delete zeroing the
     # pages a removal frees), never the jobs' together.
     assert largest <= 20 << 20
+
+
+async def test_the_removals_remembered_are_bounded_by_their_number(engines: Engines) -> None:
+    engine = engines(Recorder())
+    with engine.store.transaction() as db:
+        for job_id in range(1, 6):
+            removals.remember(db, job_id, 100.0 + job_id)
+        assert removals.prune(db, keep=3) == 2
+        assert removals.take(db, 1) is None  # the oldest went
+        assert removals.take(db, 5) == 105.0
+        assert removals.take(db, 5) is None  # taken once

@@ -166,6 +166,11 @@ class _JournalEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Jour
     callback's own, or (reason says whose) the first registration of a job its
     trigger names.
     """
+    JOURNAL_ENTRY_KIND_CLEARED: _JournalEntryKind.ValueType  # 6
+    """A label or job id the trigger names came to name another job (a job registered
+    with the label in the pgrp, or the id registered again after its removal): the
+    latches its old holder's events set went. latched holds those atoms, reason why.
+    """
 
 class JournalEntryKind(_JournalEntryKind, metaclass=_JournalEntryKindEnumTypeWrapper):
     """What one event did to a callback."""
@@ -187,6 +192,11 @@ JOURNAL_ENTRY_KIND_LEVEL: JournalEntryKind.ValueType  # 5
 """Level mode latched events that had already happened, at registration: the
 callback's own, or (reason says whose) the first registration of a job its
 trigger names.
+"""
+JOURNAL_ENTRY_KIND_CLEARED: JournalEntryKind.ValueType  # 6
+"""A label or job id the trigger names came to name another job (a job registered
+with the label in the pgrp, or the id registered again after its removal): the
+latches its old holder's events set went. latched holds those atoms, reason why.
 """
 Global___JournalEntryKind: _TypeAlias = JournalEntryKind  # noqa: Y015
 
