@@ -54,6 +54,7 @@ async def test_a_second_user_gets_a_place_in_a_full_queue_and_the_next_free_slot
             await alice[2]
         assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "gave its place to a run of user 'bob'" in refused.value.details
+        assert refused.value.retry_after_s == 1.0  # the executor's hint, typed (probe 136)
         assert dispatcher.waiting == 3
 
         blocker.cancel()  # alice's slot frees: her next, then bob's, then her last
