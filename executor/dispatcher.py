@@ -18,7 +18,10 @@ At the queue's bounds an Execute request of a user holding less of
 the queue may take the place of the newest of the user holding most, which is refused
 as at the door; a fired run is never refused for a full queue nor gives up its place,
 it waits for a slot like the rest (so the queue may hold more than ``max_queue`` runs
-when fired ones are among them). Both are refused while draining.
+when fired ones are among them). Both are refused while draining, and while no run may
+start (``refusal``: the outbox past its bound), which is checked at the door and again
+when a queued run gets its slot (probe 136: checked at the door only, every run queued
+when the bound was passed started all the same).
 
 Each run is a task of this dispatcher, keyed by its invocation id; its caller awaits it
 shielded. A run ends early only through a stop with a reason (``lifecycle.RunStop``):
@@ -189,6 +192,8 @@ class _Run:
     gate: Callable[[], None] | None = None
     # ``execute``'s recheck, applied when the run takes its slot.
     recheck: Callable[[Invocation], Invocation] | None = None
+    # ``execute``'s queued_at: when its wait began (None: when it was admitted).
+    queued_at: float | None = None
     task: asyncio.Task[RunResult] | None = None
     # Whether it has left the queue with a slot (GetRun says "running", else "waiting").
     has_slot: bool = False
@@ -269,6 +274,7 @@ class Dispatcher:
         request_bytes: int = 0,
         gate: Callable[[], None] | None = None,
         recheck: Callable[[Invocation], Invocation] | None = None,
+        queued_at: float | None = None,
     ) -> RunResult:
         """Run one invocation to its RunResult. Raises CapacityError / UnavailableError.
 
@@ -289,6 +295,13 @@ class Dispatcher:
         is called with the invocation once the run has its slot, before anything of it
         starts; the run goes on as what it returns, refused (REJECTED, recorded) as a
         refusal here would be: the set loaded may have changed while it waited.
+
+        ``queued_at`` (a fired run's: when its wait in the trigger engine's queue began, a
+        ``time.monotonic()`` value) is where its ``queue_seconds`` count from; else from now.
+        Once it has its slot, the run starts only if a run may start now (``refusal``,
+        the outbox's bound, is checked again: it may have been passed while the run
+        waited); else its slot goes on and it raises UnavailableError saying why, as at
+        the door, unrecorded (a fired run waits in the engine's queue).
         """
         if self._draining:
             raise UnavailableError(SHUTTING_DOWN)
@@ -326,6 +339,7 @@ class Dispatcher:
             request_bytes=request_bytes,
             gate=gate,
             recheck=recheck,
+            queued_at=queued_at,
         )
         try:
             return await asyncio.shield(task)
@@ -380,6 +394,7 @@ class Dispatcher:
         request_bytes: int,
         gate: Callable[[], None] | None,
         recheck: Callable[[Invocation], Invocation] | None,
+        queued_at: float | None,
     ) -> tuple[_Run, asyncio.Task[RunResult]]:
         """Take a place for the run (CapacityError) and start the task that owns it."""
         if (same := self._runs.get(invocation.invocation_id)) is not None:
@@ -387,7 +402,15 @@ class Dispatcher:
                 raise AlreadyExistsError(firings_id(invocation.invocation_id))
             raise UnavailableError(in_progress(invocation.invocation_id))
         ticket = self._slots.ticket(user=invocation.actor, fired=fired, request_bytes=request_bytes)
-        run = _Run(invocation, language, RunStop(), fired=fired, gate=gate, recheck=recheck)
+        run = _Run(
+            invocation,
+            language,
+            RunStop(),
+            fired=fired,
+            gate=gate,
+            recheck=recheck,
+            queued_at=queued_at,
+        )
         task = run.task = asyncio.create_task(
             self._run(run, ticket), name=f"run {invocation.invocation_id}"
         )
@@ -398,7 +421,7 @@ class Dispatcher:
         """The owned task of one run: wait for a slot, run, release it, record the result."""
         invocation_id = run.invocation.invocation_id
         try:
-            queued_at = time.monotonic()
+            queued_at = time.monotonic() if run.queued_at is None else run.queued_at
             with run.stop.calling(lambda: self._slots.withdraw(ticket)):
                 slot = await self._slots.take(ticket)
             run.has_slot = slot is not None
@@ -408,6 +431,11 @@ class Dispatcher:
                 # stop's withdrawal came too late): the slot goes on to the next run.
                 self._slots.release(slot)
                 slot = None
+            if slot is not None and (full := self._refusal()):
+                # Checked at the door only, the outbox's bound let every queued run start
+                # (probe 136: 3.2 MiB past a 1 MiB bound): nothing of it starts.
+                self._slots.release(slot)
+                raise UnavailableError(full)
             if slot is not None and (refusal := self._rechecked(run)) is not None:
                 self._slots.release(slot)
                 result = RunResult(invocation_id, Outcome.REJECTED, failure=Failure(refusal))

@@ -2,7 +2,8 @@
 
 ExecutorRpcError            any failed call; ``code`` and ``details`` say why
 ├── RetryableError          UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED:
-│                           the same request may succeed later (back off first)
+│                           the same request may succeed later (back off first;
+│                           ``retry_after_s``: the executor's hint how long, if any)
 ├── InvalidRequestError     INVALID_ARGUMENT: the request itself is wrong; never retry
 └── ClientClosedError       CANCELLED, raised by the client itself: it (or the channel
                             it was given) was closed; nothing was sent
@@ -31,14 +32,22 @@ __all__ = [
 
 _Response = TypeVar("_Response")
 
+# The trailing metadata key of the executor's hint how long to wait before a retry.
+RETRY_AFTER_KEY: Final = "retry-after-s"
+
 
 class ExecutorRpcError(Exception):
     """A call to the executor failed with a gRPC status other than OK."""
 
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, details: str, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(f"{code.name}: {details}")
         self.code = code
         self.details = details
+        # The executor's ``retry-after-s`` trailing metadata: seconds to wait before sending
+        # the request again (1 for a full queue, 60 for triggers_max_bytes); None: no hint.
+        self.retry_after_s = retry_after_s
 
 
 class RetryableError(ExecutorRpcError):
@@ -123,7 +132,20 @@ def _transport_hint(details: str) -> str:
 def from_rpc_error(err: grpc.aio.AioRpcError) -> ExecutorRpcError:
     """The typed error for a failed call (the caller chains it with ``raise ... from err``)."""
     code = err.code()
-    return _CLASS_BY_CODE.get(code, ExecutorRpcError)(code, _explained(code, err.details() or ""))
+    error_class = _CLASS_BY_CODE.get(code, ExecutorRpcError)
+    return error_class(code, _explained(code, err.details() or ""), _retry_after_s(err))
+
+
+def _retry_after_s(err: grpc.aio.AioRpcError) -> float | None:
+    """The call's ``retry-after-s`` hint in seconds; None when it has none (or a malformed one)."""
+    for key, value in err.trailing_metadata() or ():
+        if key == RETRY_AFTER_KEY:
+            try:
+                seconds = float(value)
+            except (TypeError, ValueError):
+                return None
+            return seconds if seconds >= 0 else None
+    return None
 
 
 async def checked_call(closed: bool, call: Callable[[], Awaitable[_Response]]) -> _Response:

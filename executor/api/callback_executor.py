@@ -93,9 +93,7 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         del request
         if self._storage is not None and (problem := self._storage.problem):
             # Its effects would happen and its result be lost: a retry would repeat them.
-            raise UnavailableError(
-                f"the executor cannot record results now, so it runs nothing: {problem}"
-            )
+            raise UnavailableError(_cannot_record(problem))
         # The id's checks (in a fleet, its claim) wait until the run is about to start.
         gate = IdGate(self._ids, invocation) if named_id and self._ids is not None else None
         try:
@@ -105,7 +103,7 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
                 invocation,
                 deadline=deadline,
                 request_bytes=request_bytes.get(),
-                gate=_with_answer_room(gate),
+                gate=_checked_again(gate, self._storage),
             )
         finally:
             if gate is not None:
@@ -128,19 +126,29 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         return dataclasses.replace(invocation, event=event.resolved(owner))
 
 
-def _with_answer_room(gate: IdGate | None) -> Callable[[], None] | None:
-    """``gate``, after the check of the caller's unread answers (``unread_answers.py``).
+def _cannot_record(problem: str) -> str:
+    return f"the executor cannot record results now, so it runs nothing: {problem}"
 
-    Calls sent together all pass that check at the door, before any of their answers
-    exist: so it is made again as the callback is about to start, when a run refused
-    has run nothing and is not recorded (waiting there would hold the slot).
+
+def _checked_again(gate: IdGate | None, storage: StorageHealth | None) -> Callable[[], None] | None:
+    """``gate``, after the door's checks of the caller's unread answers and of the storage.
+
+    Calls sent together all pass the first (``unread_answers.py``) at the door, before any
+    of their answers exist; and the storage may fail while a run waits for a slot (probe
+    136: the outbox's bound, checked at the door only, let every queued run start; the
+    dispatcher checks that one again). So both are made again as the callback is about
+    to start, when a run refused has run nothing and is not recorded (waiting there
+    would hold the slot).
     """
     room = answer_room.get()
-    if room is None:
+    if room is None and storage is None:
         return gate
 
     def checked() -> None:
-        room.check()
+        if room is not None:
+            room.check()
+        if storage is not None and (problem := storage.problem):
+            raise UnavailableError(_cannot_record(problem))
         if gate is not None:
             gate()
 

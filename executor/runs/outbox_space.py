@@ -7,8 +7,9 @@ past ``outbox_max_bytes`` of pages in use by results waiting for delivery (the f
 pages in use, read from its header: microseconds, measured after each commit on the
 loop, less what the dead letters take) the executor runs nothing new: Execute answers
 UNAVAILABLE saying why, and fired callbacks wait in their queue (their firings are
-durable), until delivery has taken results out. No result waiting is ever refused or
-dropped: runs already admitted are recorded whatever the size, so the file may pass the
+durable), until delivery has taken results out; a run waiting for a slot is refused so
+when it gets one (the dispatcher checks again). No result waiting is ever refused or
+dropped: runs already started are recorded whatever the size, so the file may pass the
 bound by those. Dead letters (results the supervisor refused for good) wait for nobody:
 they are not counted there, or a supervisor refusing some would stop every run for
 good, and they keep to ``outbox_max_bytes`` of their own, the oldest dropped first

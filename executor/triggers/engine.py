@@ -315,7 +315,9 @@ def is_per_work(expression: str) -> bool:
 class FiredRun(Protocol):
     """Runs one fired invocation to its result (the dispatcher's ``execute``, fired).
 
-    ``recheck`` is applied to the invocation when its run takes a slot (``Dispatcher.execute``).
+    ``recheck`` is applied to the invocation when its run takes a slot, and ``queued_at``
+    (``time.monotonic()``: when its wait in the firing queue began) starts its queue
+    time (``Dispatcher.execute``).
     """
 
     async def __call__(
@@ -323,6 +325,7 @@ class FiredRun(Protocol):
         invocation: Invocation,
         *,
         recheck: Callable[[Invocation], Invocation] | None = None,
+        queued_at: float | None = None,
     ) -> RunResult: ...
 
 
@@ -1395,7 +1398,7 @@ class TriggerEngine:
             return await asyncio.to_thread(self._store.holds_firing, invocation_id)
         return self._firings.holds(invocation_id)
 
-    async def _run_firing(self, firing: PendingFiring) -> RunResult:
+    async def _run_firing(self, firing: PendingFiring, queued_at: float) -> RunResult:
         """Run one queued firing in the context of its job and event (the worker's ``run``).
 
         The callback, its count and its work item are the firing's, as decided.
@@ -1430,12 +1433,15 @@ class TriggerEngine:
             claim_epoch=firing.epoch if self._store.fleet else None,
         )
         if not cb.universal:
-            return await self._run(self._with_policy(invocation, universal=False))
+            return await self._run(
+                self._with_policy(invocation, universal=False), queued_at=queued_at
+            )
         # Looked at again when the run gets its slot: a reload while it waits for one
         # applies to it (a line removed, turned shadow or moved to another policy).
         return await self._run(
             self._with_policy(invocation, universal=True),
             recheck=lambda waited: self._with_policy(waited, universal=True),
+            queued_at=queued_at,
         )
 
     def _with_policy(self, invocation: Invocation, *, universal: bool) -> Invocation:

@@ -4,9 +4,19 @@ The engine decides a firing in the transaction that latches and counts it, and t
 transaction also queues it (the store's ``firings`` table). This worker runs what the
 queue holds; a firing leaves the queue when its run has ended:
 
-* In decision order. The firings of one event run one after another (the order the
-  README promises: a callback may rely on what the one before it did); different
-  events' firings run side by side, at most ``max_parallel_events`` events at once.
+* Per user in turn, each user's in decision order. The firings of one event run one
+  after another (the order the README promises: a callback may rely on what the one
+  before it did); different events' firings run side by side, at most
+  ``max_parallel_events`` events at once. The next event to start is the oldest of the
+  user next in turn among those with events waiting (an event's user: its first
+  firing's), as ``executor.slots`` hands out slots: a user joins the back of the round
+  with a first event waiting and goes to the back each time one of theirs starts. So
+  one user's event storm holds another user's firing back by one event of each user
+  ahead in the round, not by all of theirs (probe 136: 30 s behind alice's ten 6 s
+  firings on 2 slots). Its run then waits for a slot in the slots' round, under its
+  user, with the Execute calls; its queue time counts from when it was queued here
+  (decided, or restored at start, or claimed), or for an event's later firings from
+  when the one before it ended.
 * A run refused before it started (CapacityError: every slot busy; UnavailableError: a
   child could not start) is retried with exponential backoff while the engine runs; it
   never waits for a restart. The event's later firings wait behind it, so their order
@@ -67,13 +77,17 @@ logger = logging.getLogger(__name__)
 OUTAGE_RERUNS = 1
 
 
+# One event's firings waiting to start, and when they were queued (``time.monotonic()``).
+_Queued = tuple[list[PendingFiring], float]
+
+
 class FiringWorker:
-    """Runs queued firings through ``run``, in decision order, one event's after another."""
+    """Runs queued firings through ``run``, per user in turn, one event's after another."""
 
     def __init__(
         self,
         store: TriggerStore,
-        run: Callable[[PendingFiring], Awaitable[RunResult]],
+        run: Callable[[PendingFiring, float], Awaitable[RunResult]],
         *,
         max_parallel_events: int,
         retry: Backoff = Backoff(),
@@ -81,7 +95,7 @@ class FiringWorker:
         result_of_record: Callable[[str], Awaitable[RunResult | None]] | None = None,
         reach: SupervisorReachability | None = None,
     ) -> None:
-        """Run ``store``'s queue through ``run``.
+        """Run ``store``'s queue through ``run`` (given when the firing's wait began).
 
         ``result_of_record``: in a fleet, the result a firing's invocation id has in the
         shared history once the firing is done (waits for it; None: it has none).
@@ -94,8 +108,9 @@ class FiringWorker:
         self._max_parallel = max_parallel_events
         self._retry = retry
         self._rng = rng or random.Random()
-        # Events whose firings wait for a turn, oldest decision first.
-        self._waiting: deque[list[PendingFiring]] = deque()
+        # Events waiting to start, per user (an event's first firing's) in turn order
+        # (dicts keep it: the first is next), each user's oldest decision first.
+        self._waiting: dict[str, deque[_Queued]] = {}
         self._running: set[asyncio.Task[None]] = set()
         self._results: dict[str, asyncio.Future[RunResult | None]] = {}
         # The invocation ids of the firings queued or running here: the store's queue,
@@ -228,20 +243,27 @@ class FiringWorker:
 
     def _enqueue(self, firings: list[PendingFiring]) -> None:
         self._queued_ids.update(firing.invocation_id for firing in firings)
-        self._waiting.append(firings)
+        # The stored callback's user is its job's where it names none (registration).
+        user = firings[0].callback.user
+        self._waiting.setdefault(user, deque()).append((firings, time.monotonic()))
         self._idle.clear()
 
     def _fill(self) -> None:
-        """Start the oldest waiting events while there is room."""
+        """Start waiting events while there is room: each time the next user's oldest."""
         while (
             self._started
             and not self._closed
             and self._waiting
             and len(self._running) < self._max_parallel
         ):
+            user = next(iter(self._waiting))
+            events = self._waiting.pop(user)
+            firings, queued_at = events.popleft()
+            if events:
+                self._waiting[user] = events  # to the back of the round
             # Its runs are the firings', not those of whichever call queued them.
             task = asyncio.get_running_loop().create_task(
-                self._run_event(self._waiting.popleft()), context=outside_any_run()
+                self._run_event(firings, queued_at), context=outside_any_run()
             )
             self._running.add(task)
             task.add_done_callback(self._finished)
@@ -254,9 +276,10 @@ class FiringWorker:
         if not self._waiting and not self._running:
             self._idle.set()
 
-    async def _run_event(self, firings: list[PendingFiring]) -> None:
+    async def _run_event(self, firings: list[PendingFiring], queued_at: float) -> None:
         for firing in firings:
-            result, held = await self._run_one(firing)
+            result, held = await self._run_one(firing, queued_at)
+            queued_at = time.monotonic()  # the next one's turn came
             future = self._results.get(firing.invocation_id)
             # A waiting publisher that went away cancelled its future; the run counts anyway.
             if future is None or future.done():
@@ -295,8 +318,12 @@ class FiringWorker:
         if not future.done():
             future.set_result(result)
 
-    async def _run_one(self, firing: PendingFiring) -> tuple[RunResult | None, bool]:
+    async def _run_one(
+        self, firing: PendingFiring, queued_at: float
+    ) -> tuple[RunResult | None, bool]:
         """Run a firing until it is not refused; it then leaves the queue.
+
+        ``queued_at``: when its wait began (``time.monotonic()``), its run's queue time's start.
 
         Returns its result and whether this replica's claim on it held to the end; in a
         fleet, a firing whose claim was lost before its run started is not run (None, False).
@@ -310,7 +337,7 @@ class FiringWorker:
             losses = self._reach.losses if self._reach is not None else 0
             try:
                 try:
-                    result: RunResult | None = await self._run(firing)
+                    result: RunResult | None = await self._run(firing, queued_at)
                 finally:
                     # Recorded, given back to run again, or the worker closing: none waits.
                     self._not_recorded.pop(firing.invocation_id, None)
@@ -344,6 +371,7 @@ class FiringWorker:
                     firing.invocation_id,
                     firing.callback.callback_id,
                 )
+                queued_at = time.monotonic()  # a run of its own: its wait starts again
                 continue
             held = await self._done(firing)
             self._queued_ids.discard(firing.invocation_id)

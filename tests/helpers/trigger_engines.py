@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,13 +29,22 @@ class Recorder:
         # What each run returned, by invocation id: the history an engine's
         # ``recorded_result`` reads.
         self.results: dict[str, RunResult] = {}
+        # Each run's ``queued_at`` as given (when its wait began), and when it was asked for.
+        self.queued_at: list[float | None] = []
+        self.called_at: list[float] = []
 
     async def __call__(
-        self, invocation: Invocation, *, recheck: Callable[[Invocation], Invocation] | None = None
+        self,
+        invocation: Invocation,
+        *,
+        recheck: Callable[[Invocation], Invocation] | None = None,
+        queued_at: float | None = None,
     ) -> RunResult:
         if recheck is not None:  # a dispatcher with a free slot looks again at once
             invocation = recheck(invocation)
         self.runs.append(invocation)
+        self.queued_at.append(queued_at)
+        self.called_at.append(time.monotonic())
         self._changed.set()
         result = RunResult(invocation.invocation_id, Outcome.SUCCEEDED)
         self.results[invocation.invocation_id] = result
@@ -65,13 +75,17 @@ class Gated(Recorder):
         self._gates.setdefault(code, asyncio.Event()).set()
 
     async def __call__(
-        self, invocation: Invocation, *, recheck: Callable[[Invocation], Invocation] | None = None
+        self,
+        invocation: Invocation,
+        *,
+        recheck: Callable[[Invocation], Invocation] | None = None,
+        queued_at: float | None = None,
     ) -> RunResult:
         code = invocation.callback.code
         self._running.add(code)
         self.most_at_once = max(self.most_at_once, len(self._running))
         try:
-            result = await super().__call__(invocation, recheck=recheck)
+            result = await super().__call__(invocation, recheck=recheck, queued_at=queued_at)
             await self._gates.setdefault(code, asyncio.Event()).wait()
         finally:
             self._running.discard(code)
@@ -88,13 +102,17 @@ class Refusing(Recorder):
         self.attempts: list[str] = []
 
     async def __call__(
-        self, invocation: Invocation, *, recheck: Callable[[Invocation], Invocation] | None = None
+        self,
+        invocation: Invocation,
+        *,
+        recheck: Callable[[Invocation], Invocation] | None = None,
+        queued_at: float | None = None,
     ) -> RunResult:
         self.attempts.append(invocation.callback.code)
         if self._left:
             self._left -= 1
             raise self._error
-        return await super().__call__(invocation, recheck=recheck)
+        return await super().__call__(invocation, recheck=recheck, queued_at=queued_at)
 
 
 def finish_firings(engine: TriggerEngine) -> None:

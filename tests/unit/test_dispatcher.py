@@ -775,3 +775,33 @@ async def test_a_caller_cancelled_as_its_queued_run_gets_a_slot_gives_the_slot_b
     assert {k: v for k, v in harness.outcomes().items() if k == "run-b"} == expected
     harness.runner.finish("c")
     assert (await harness.execute("c")).outcome == Outcome.SUCCEEDED  # the slot came back
+
+
+async def test_a_queued_run_does_not_start_once_no_run_may_start() -> None:
+    # Probe 136: past outbox_max_bytes, the runs already waiting for a slot started all
+    # the same (the bound was checked only at the door): 1 MiB bound, 3.2 MiB pending.
+    refusal = [""]
+    harness = Harness(slots=1, queue=2)
+    harness.dispatcher._refusal = lambda: refusal[0]
+    blocker = harness.start("a")
+    queued = harness.start("b")
+    fired = harness.start("c", fired=True)
+    await settle()
+    refusal[0] = "the supervisor has not taken 8 results: the executor runs nothing"
+    harness.runner.finish("a")
+    await blocker
+
+    # Answered as the door's refusal is: not run, not recorded; a fired one waits in its
+    # queue (the firing worker tries it again).
+    try:
+        with pytest.raises(UnavailableError, match="has not taken 8 results"):
+            await asyncio.wait_for(queued, 5)
+        with pytest.raises(UnavailableError, match="has not taken 8 results"):
+            await asyncio.wait_for(fired, 5)
+    finally:  # had they started, they end
+        for code in "bc":
+            harness.runner.finish(code)
+        await asyncio.gather(queued, fired, return_exceptions=True)
+    assert [code for code, _ in harness.runner.started] == ["a"]
+    assert list(harness.outcomes()) == ["run-a"]
+    assert (harness.dispatcher.active, harness.dispatcher.waiting) == (0, 0)

@@ -842,3 +842,30 @@ async def test_a_live_repeat_in_an_and_keeps_its_fired_entries_in_the_journal(
         EntryKind.MATCHED,
     ]
     assert explained.journal[1].invocation_id == fired[0].invocation_id
+
+
+async def test_events_of_several_users_take_turns_each_users_in_decision_order(
+    engines: Engines,
+) -> None:
+    # Probe 136: fired runs started strictly in decision order, so one user's backlog of
+    # firings held another user's fired callback for all of it (30 s on 2 slots).
+    recorder = Gated()
+    engine = engines(recorder, max_parallel_events=1)
+    alice = [("complete-job-1", "a1"), ("complete-job-2", "a2"), ("complete-job-3", "a3")]
+    engine.register_job(job(5, *alice))
+    engine.register_job(job(6, ("complete-job-4", "b1"), ("complete-job-5", "b2"), user="bob"))
+    for upstream in (1, 2, 3, 4, 5):
+        await engine.publish(Event("complete", "job", upstream), wait=False)
+
+    # a1 took the free place at once; then the round: alice (waiting first), bob, ...
+    for ran, code in enumerate(("a1", "a2", "b1", "a3", "b2"), start=1):
+        await recorder.ran(ran)
+        recorder.open(code)
+    await engine.wait_idle()
+    assert recorder.codes == ["a1", "a2", "b1", "a3", "b2"]
+    # Each run's wait counts from its decision, not from when its turn came.
+    decided = dict(zip(recorder.codes, recorder.queued_at, strict=True))
+    called = dict(zip(recorder.codes, recorder.called_at, strict=True))
+    assert all(decided[code] is not None for code in decided)
+    b1_decided = decided["b1"]
+    assert b1_decided is not None and b1_decided < called["a2"] < called["b1"]

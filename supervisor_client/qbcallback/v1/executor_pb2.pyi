@@ -402,7 +402,10 @@ class Usage(_message.Message):
     its exit, the largest of it and the children it reaped: the kernel's wait4).
     """
     queue_seconds: _builtins.float
-    """Time the request waited for a free slot before its child started."""
+    """Time the request waited for a free slot before its child started; a fired
+    callback's counts from its decision (its turn in the trigger engine's queue
+    included; an event's later callbacks from the end of the one before).
+    """
     def __init__(
         self,
         *,
