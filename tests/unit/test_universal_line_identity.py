@@ -80,11 +80,15 @@ class _SlotAfterReload(Recorder):
         self.waiting = asyncio.Event()
 
     async def __call__(
-        self, invocation: Invocation, *, recheck: Callable[[Invocation], Invocation] | None = None
+        self,
+        invocation: Invocation,
+        *,
+        recheck: Callable[[Invocation], Invocation] | None = None,
+        queued_at: float | None = None,
     ) -> RunResult:
         self.waiting.set()
         await self.reloaded.wait()
-        return await super().__call__(invocation, recheck=recheck)
+        return await super().__call__(invocation, recheck=recheck, queued_at=queued_at)
 
 
 async def test_a_line_removed_while_its_run_waits_for_a_slot_is_refused_then(
