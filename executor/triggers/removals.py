@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Final
 
 from executor.sql import Db
+from executor.triggers.states import keep_newest
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS removed_jobs (
@@ -43,9 +44,4 @@ def take(db: Db, job_id: int) -> float | None:
 
 def prune(db: Db, keep: int = MAX_REMEMBERED_REMOVALS) -> int:
     """Forget all but the newest ``keep`` removals; how many went."""
-    cursor = db.execute(
-        "DELETE FROM removed_jobs WHERE (at, job_id) <= (SELECT at, job_id FROM"
-        " removed_jobs ORDER BY at DESC, job_id DESC LIMIT 1 OFFSET ?)",
-        (keep,),
-    )
-    return int(cursor.rowcount)
+    return keep_newest(db, "removed_jobs", keep)

@@ -252,9 +252,14 @@ def forget_submission(db: Db, job_id: int) -> bool:
 
 def prune_submissions(db: Db, keep: int = MAX_REMEMBERED_SUBMISSIONS) -> int:
     """Forget all but the newest ``keep`` remembered submissions; how many went."""
+    return keep_newest(db, "unregistered_submissions", keep)
+
+
+def keep_newest(db: Db, table: str, keep: int) -> int:
+    """Delete all but the newest ``keep`` rows of a ``(job_id, at)`` table; how many went."""
     cursor = db.execute(
-        "DELETE FROM unregistered_submissions WHERE (at, job_id) <= (SELECT at, job_id FROM"
-        " unregistered_submissions ORDER BY at DESC, job_id DESC LIMIT 1 OFFSET ?)",
+        f"DELETE FROM {table} WHERE (at, job_id) <= (SELECT at, job_id FROM"  # noqa: S608 - our tables
+        f" {table} ORDER BY at DESC, job_id DESC LIMIT 1 OFFSET ?)",
         (keep,),
     )
     return int(cursor.rowcount)
