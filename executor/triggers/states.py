@@ -15,7 +15,7 @@ thing: that it was submitted (its ``submit`` event), for the level callbacks reg
 after it (``remember_submissions``). Those are bounded: the newest
 ``MAX_REMEMBERED_SUBMISSIONS``, pruned by the engine (``prune_submissions``); the job's
 first registration (or its removal) takes its submission out, and a registration makes
-it the job's own (``take_submission``).
+it the job's own (``take_submission``), noting that it came first (``submitted_first``).
 
 A registered job's ``submit`` event is kept too, as a row of type ``submit``
 (``submitted``): a registration again keeps it, as the job is submitted once, and an
@@ -64,6 +64,12 @@ WORK: Final = "work"
 SUBJOB: Final = "subjob"
 # The row of a registered job's submit event (no state: the event was seen).
 SUBMIT: Final = "submit"
+# The row of a job submitted before it first registered (``take_submission``): the level
+# callbacks naming it by id had its events as they came, and took nothing of its
+# registration (registration.take_registration); ``why`` says so. Kept as SUBMIT is.
+SUBMITTED_FIRST: Final = "submitted_first"
+# The rows a registration again keeps: how the job was submitted, not its states.
+_KEPT_BY_REGISTRATION: Final = (SUBMIT, SUBMITTED_FIRST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +92,10 @@ def register_job(db: Db, job: Mapping[str, Any]) -> None:
     """Replace what is known of a job by what its registration says (status, agenda, instances)."""
     job_id = int(job["id"])
     # Its submission stays: a job registered again (a retry) is not submitted again.
-    db.execute("DELETE FROM known_states WHERE job_id = ? AND type <> ?", (job_id, SUBMIT))
+    db.execute(
+        "DELETE FROM known_states WHERE job_id = ? AND type NOT IN (?, ?)",
+        (job_id, *_KEPT_BY_REGISTRATION),
+    )
     rows: list[tuple[int, str, str, int, str]] = [
         (job_id, JOB, "", -1, str(job.get("status") or ""))
     ]
@@ -241,7 +250,17 @@ def take_submission(db: Db, job_id: int) -> bool:
         return False
     forget_submission(db, job_id)
     record_all(db, [seen])
+    db.execute(
+        "INSERT INTO known_states (job_id, type, item, state) VALUES (?, ?, '', '')"
+        " ON CONFLICT DO NOTHING",
+        (job_id, SUBMITTED_FIRST),
+    )
     return True
+
+
+def submitted_first(db: Db, job_id: int) -> bool:
+    """Whether the job was submitted before it first registered (``take_submission``)."""
+    return state(db, job_id, SUBMITTED_FIRST) is not None
 
 
 def forget_submission(db: Db, job_id: int) -> bool:

@@ -449,8 +449,9 @@ def _waiting_for(
                     f" the next such event; {_LEVEL_RULE})"
                 )
             elif count == 0:
-                # Level, never fired: the state came in a way it does not latch (a registration again).
-                line += f" (already happened, but not latched: {_LEVEL_RULE}; this waits for the next such event)"
+                # Level, never fired: the state came in a way it does not latch.
+                reason = _submitted_first(view, found[slot], item.job_id) or _LEVEL_RULE
+                line += f" (already happened, but not latched: {reason}; this waits for the next such event)"
             else:
                 line += " (already happened; this waits for the next such event)"
         elif cb.mode != EDGE and (unknown := _not_registered(view, found[slot], item.job_id)):
@@ -466,6 +467,23 @@ _LEVEL_RULE: Final = (
     "a level callback latches what has happened when it registers and when the job"
     " it names first registers"
 )
+
+
+def _submitted_first(view: _View, atom: Atom, job_id: int) -> str:
+    """Why a level callback's atom naming a job by id or as a parent took none of its states.
+
+    A job submitted before it first registered (states.submitted_first): those callbacks
+    had its events as they came, and its registrations latch none of them
+    (registration.take_registration). "" for any other atom, or job.
+    """
+    how = {ContextKind.JOB_ID: "by id", ContextKind.PARENT: "as a parent"}.get(atom.context_kind)
+    if how is None or not states.submitted_first(view.db, job_id):
+        return ""
+    return (
+        f"job {job_id} was submitted before it first registered, and a level callback naming"
+        f" it {how} had its events as they came, so that registration latched only those"
+        " naming it by the label it registers with"
+    )
 
 
 def _not_registered(view: _View, atom: Atom, job_id: int) -> str:

@@ -130,6 +130,29 @@ async def test_a_repeated_submit_of_a_job_never_registered_fires_no_level_callba
     assert [len(fired) for fired, _ in applied] == [1, 0]
 
 
+async def test_a_job_submitted_before_it_registered_is_said_so_to_its_id(
+    engines: MakeEngine,
+) -> None:
+    # Probe 143: why gave the level rule its first registration had just not applied.
+    engine = engines()
+    await engine.publish(Event("submit", "job", 220), wait=True)
+    await engine.publish(Event("complete", "job", 220), wait=True)
+    engine.register_job(_job(221, "complete-job-220", mode="level"))
+    registered = {"id": 220, "pgrp": 220, "status": "complete"}
+    assert engine.register_job(registered).fired == []
+    # A registration again, and the submit a scheduler resends, keep what it was.
+    assert engine.register_job(registered).fired == []
+    await engine.publish(Event("submit", "job", 220), wait=True)
+
+    (explained,) = engine.explain(221).callbacks
+    assert explained.waiting_for[0].endswith(
+        "(already happened, but not latched: job 220 was submitted before it first"
+        " registered, and a level callback naming it by id had its events as they came, so"
+        " that registration latched only those naming it by the label it registers with;"
+        " this waits for the next such event)"
+    )
+
+
 async def test_a_work_atom_of_a_job_without_an_agenda_is_not_said_unknown(
     engines: MakeEngine,
 ) -> None:

@@ -363,6 +363,45 @@ async def test_why_says_the_state_of_a_job_not_registered_is_not_known(
     assert [f.callback.job_id for f in registered.fired] == ([] if submitted else [500])
 
 
+async def test_why_says_a_job_submitted_before_it_registered_gave_its_id_no_states(
+    engines: Engines,
+) -> None:
+    # Probe 143: its first registration latched nothing, and why said a level callback
+    # latches when the job it names first registers; the rule's exception held instead.
+    engine = engines(Recorder())
+    await engine.publish(Event("submit", "job", 498), wait=True)
+    await engine.publish(Event("complete", "job", 498), wait=True)
+    by_id = engine.register_job(waiter(500, "complete-job-498", "level", pgrp=2))
+    as_parent = engine.register_job(waiter(501, "complete-job-parent", "level", pgrp=2, pid=498))
+    by_label = engine.register_job(waiter(502, "complete-job-k", "level", pgrp=2))
+    assert (by_id.fired, as_parent.fired, by_label.fired) == ([], [], [])
+
+    registered = engine.register_job({"id": 498, "pgrp": 2, "label": "k", "status": "complete"})
+
+    assert [f.callback.job_id for f in registered.fired] == [502]
+    rule = (
+        "job 498 is complete (already happened, but not latched: job 498 was submitted"
+        " before it first registered, and a level callback naming it {how} had its events"
+        " as they came, so that registration latched only those naming it by the label it"
+        " registers with; this waits for the next such event)"
+    )
+    assert waiting_line(engine, 500) == (
+        "complete-job-498: job 498 'k' in pgrp 2, " + rule.format(how="by id")
+    )
+    assert waiting_line(engine, 501) == (
+        "complete-job-parent: parent: job 498 'k' in pgrp 2, " + rule.format(how="as a parent")
+    )
+    # Its registration again latches nothing either, and leaves the reason as it was.
+    assert (
+        engine.register_job({"id": 498, "pgrp": 2, "label": "k", "status": "complete"}).fired == []
+    )
+    assert waiting_line(engine, 500).endswith(rule.format(how="by id"))
+    # Removed, its id is another job's: one registering first latches by id as the rule says.
+    await engine.publish(Event("removed", "job", 498), wait=True)
+    again = engine.register_job({"id": 498, "pgrp": 2, "label": "k", "status": "complete"})
+    assert sorted(f.callback.job_id for f in again.fired) == [500, 501, 502]
+
+
 def test_a_level_entry_says_whose_registration_and_whether_it_fired() -> None:
     fired = {
         "kind": "JOURNAL_ENTRY_KIND_LEVEL",
