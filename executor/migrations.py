@@ -149,6 +149,12 @@ def _steps() -> list[str]:
         + " ALTER TABLE trigger_checks ADD COLUMN IF NOT EXISTS last_holder BIGINT NOT NULL"
         " DEFAULT 0; CREATE INDEX IF NOT EXISTS trigger_checks_by_label ON trigger_checks"
         " (pgrp, label) WHERE label != '';",
+        # Each firing's refusal and whether it runs as a shadow, kept with what an event
+        # fired (decided_firings.py): a resent event that waits answers them as the first
+        # answer did. The ids seen before, and those a replica of an earlier version
+        # applies, read as firings that ran, none as a shadow. (A database made at an
+        # earlier version by this code has the column already.)
+        decided_firings.PG_VERDICTS_COLUMN,
     ]
 
 

@@ -7,7 +7,11 @@ replica (or this executor, after a restart) may run: so the transaction that app
 event with an id writes what it fired into the id's ``seen_events`` row
 (``fired_json``), and a waiting repeat reads it back (``TriggerEngine.publish``). The
 row goes when the id is forgotten (event_ids.py), as the repeat it answers then would
-be a new event. Only what the answer names is kept (not the callback's code).
+be a new event. Only what the answer says of each firing is kept (not the callback's
+code): its names, and, in a column of its own (``fired_verdicts_json``), why it was
+refused or that it runs as a shadow, as judged when it fired. A column of its own so that
+a fleet's replicas of an earlier version, which read exactly the names, still can; the
+rows they write have no verdicts, read as runs that are neither.
 """
 
 from __future__ import annotations
@@ -21,14 +25,17 @@ from executor.triggers import event_ids
 from executor.triggers.decide import Fired
 from executor.triggers.store import EDGE, StoredCallback
 
-# Created with the table on SQLite (store.py); a fleet's PostgreSQL gets it at migrate.
+# Created with the table on SQLite (store.py); a fleet's PostgreSQL gets them at migrate.
 PG_COLUMN: Final = (
     "ALTER TABLE seen_events ADD COLUMN IF NOT EXISTS fired_json TEXT NOT NULL DEFAULT '';"
+)
+PG_VERDICTS_COLUMN: Final = (
+    "ALTER TABLE seen_events ADD COLUMN IF NOT EXISTS fired_verdicts_json TEXT NOT NULL DEFAULT '';"
 )
 
 
 def to_json(fired: Sequence[Fired]) -> str:
-    """The stored form of an event's firings, in firing order."""
+    """The stored form of an event's firings' names, in firing order."""
     return json.dumps(
         [
             [
@@ -45,12 +52,28 @@ def to_json(fired: Sequence[Fired]) -> str:
     )
 
 
-def from_json(text: str) -> list[Fired]:
-    """``to_json``'s firings again; their callbacks hold only what an answer names."""
+def verdicts_json(fired: Sequence[Fired]) -> str:
+    """Each firing's [refusal, shadow], in firing order; "" when each runs, not as a shadow.
+
+    The common case keeps no more bytes than the names.
+    """
+    if not any(each.refusal or each.shadow for each in fired):
+        return ""
+    return json.dumps([[each.refusal, each.shadow] for each in fired])
+
+
+def from_json(text: str, verdicts: str = "") -> list[Fired]:
+    """``to_json``'s firings again, judged as ``verdicts_json`` kept them.
+
+    Their callbacks hold only what an answer names.
+    """
+    names = json.loads(text or "[]")
+    judged = json.loads(verdicts) if verdicts else [["", False]] * len(names)
     fired = []
-    for invocation_id, job_id, callback_id, triggers, language, universal, work_name in json.loads(
-        text or "[]"
-    ):
+    for (invocation_id, job_id, callback_id, triggers, language, universal, work_name), (
+        refusal,
+        shadow,
+    ) in zip(names, judged, strict=True):
         callback = StoredCallback(
             rowid=0,
             job_id=int(job_id),
@@ -66,30 +89,47 @@ def from_json(text: str) -> list[Fired]:
             source="",
             mode=EDGE,
         )
-        fired.append(Fired(callback, str(invocation_id), work_name=str(work_name)))
+        fired.append(
+            Fired(
+                callback,
+                str(invocation_id),
+                work_name=str(work_name),
+                refusal=str(refusal),
+                shadow=bool(shadow),
+            )
+        )
     return fired
 
 
-def record(db: Db, decided: Sequence[tuple[str, str]]) -> None:
-    """Keep (event id, ``to_json``) with each id, in the open transaction that saw it first."""
+def record(db: Db, decided: Sequence[tuple[str, str, str]]) -> None:
+    """Keep (event id, ``to_json``, ``verdicts_json``) with each id.
+
+    In the open transaction that saw the id first.
+    """
     if not decided:
         return
     if isinstance(db, PgDb):  # one statement (one round trip) for a group's events
         db.execute(
-            "UPDATE seen_events s SET fired_json = d.fired FROM unnest(?::bytea[], ?::text[])"
-            " AS d(id_key, fired) WHERE s.id_key = d.id_key",
-            ([event_ids.key(event_id) for event_id, _ in decided], [f for _, f in decided]),
+            "UPDATE seen_events s SET fired_json = d.fired, fired_verdicts_json = d.verdicts"
+            " FROM unnest(?::bytea[], ?::text[], ?::text[]) AS d(id_key, fired, verdicts)"
+            " WHERE s.id_key = d.id_key",
+            (
+                [event_ids.key(event_id) for event_id, _, _ in decided],
+                [fired for _, fired, _ in decided],
+                [verdicts for _, _, verdicts in decided],
+            ),
         )
     else:
         db.executemany(
-            "UPDATE seen_events SET fired_json = ? WHERE id_key = ?",
-            [(fired, event_ids.key(event_id)) for event_id, fired in decided],
+            "UPDATE seen_events SET fired_json = ?, fired_verdicts_json = ? WHERE id_key = ?",
+            [(fired, verdicts, event_ids.key(event_id)) for event_id, fired, verdicts in decided],
         )
 
 
 def fired_by(db: Db, event_id: str) -> list[Fired]:
     """What the event with this id fired when it was applied (none: nothing, or forgotten)."""
     row = db.execute(
-        "SELECT fired_json FROM seen_events WHERE id_key = ?", (event_ids.key(event_id),)
+        "SELECT fired_json, fired_verdicts_json FROM seen_events WHERE id_key = ?",
+        (event_ids.key(event_id),),
     ).fetchone()
-    return from_json(row[0]) if row else []
+    return from_json(row[0], row[1]) if row else []

@@ -39,8 +39,8 @@ class DeferredWrites:
     entries: list[JournalEntry] = field(default_factory=list)
     records: list[SeenEvent] = field(default_factory=list)
     submissions: list[SeenEvent] = field(default_factory=list)
-    # (event id, what it fired as decided_firings.to_json)
-    decided: list[tuple[str, str]] = field(default_factory=list)
+    # (event id, what it fired as decided_firings.to_json, and as its verdicts_json)
+    decided: list[tuple[str, str, str]] = field(default_factory=list)
     # The jobs whose submit event came in the transaction: seen, though not written yet.
     submitted: set[int] = field(default_factory=set)
 
@@ -53,7 +53,13 @@ class DeferredWrites:
         self.entries.extend(decision.entries)
         decision.entries = []
         if event.event_id and decision.fired:
-            self.decided.append((event.event_id, decided_firings.to_json(decision.fired)))
+            self.decided.append(
+                (
+                    event.event_id,
+                    decided_firings.to_json(decision.fired),
+                    decided_firings.verdicts_json(decision.fired),
+                )
+            )
         if len(self.entries) >= MAX_WAITING_ENTRIES:
             self._write_journal(db)
 

@@ -99,7 +99,8 @@ PG_KEY_SQL: Final = f"substring(sha256(convert_to({{column}}, 'UTF8')) FROM 1 FO
 # 152 bytes. With the text as the key it was 122 bytes for a uuid and 6.1 KB (SQLite) /
 # 3.6 KB (PostgreSQL) for an id of the allowed 1024 characters (overflow pages, the
 # text twice). An event that fired callbacks also keeps what it fired with its key
-# (decided_firings.py), as many bytes as its firings' names.
+# (decided_firings.py), as many bytes as its firings' names (and, when one was refused
+# or runs as a shadow, each one's refusal).
 SQLITE_BYTES_PER_ID: Final = 90
 PG_BYTES_PER_ID: Final = 155
 
@@ -112,7 +113,8 @@ CREATE TABLE seen_events_keyed (
     id_key BLOB PRIMARY KEY,
     seen_at REAL NOT NULL,
     fired_json TEXT NOT NULL DEFAULT '',
-    fingerprint BLOB
+    fingerprint BLOB,
+    fired_verdicts_json TEXT NOT NULL DEFAULT ''
 );
 INSERT OR IGNORE INTO seen_events_keyed (rowid, id_key, seen_at, fired_json)
     SELECT rowid, cbexec_id_key(CAST(event_id AS BLOB)), seen_at, fired_json FROM seen_events;

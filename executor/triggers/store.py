@@ -125,7 +125,8 @@ CREATE TABLE IF NOT EXISTS seen_events (
     id_key BLOB PRIMARY KEY,
     seen_at REAL NOT NULL,
     fired_json TEXT NOT NULL DEFAULT '',
-    fingerprint BLOB
+    fingerprint BLOB,
+    fired_verdicts_json TEXT NOT NULL DEFAULT ''
 );
 """
 # Created after the columns they index exist (a database from before them gets those first).
@@ -160,6 +161,9 @@ _ADDED_COLUMNS: Final = (
     ("seen_events", "fingerprint", "BLOB"),
     # The last job to take a resolved check's label (checks.resolve_label); 0: the first.
     ("trigger_checks", "last_holder", "INTEGER NOT NULL DEFAULT 0"),
+    # Each firing's refusal and shadow (decided_firings.py); ids seen before read as
+    # firings that ran, none as a shadow.
+    ("seen_events", "fired_verdicts_json", "TEXT NOT NULL DEFAULT ''"),
 )
 # SQLite's stand-in for PostgreSQL's sequence ``job_registrations`` (migrations.py): the
 # last number a job's registration was given. A counter of its own, not the largest

@@ -284,7 +284,14 @@ class JobContext(_message.Message):
     """
     @_builtins.property
     def job(self) -> _types_pb2.Job:
-        """The job owning the callback (what qb.jobid() and qb.jobinfo() see)."""
+        """The job owning the callback. The callback is sent only its id: what
+        qb.jobid() returns, and the job qb.jobinfo() (no selector) and the other qb
+        calls ask the supervisor about; its other fields (name, extra, agenda, ...)
+        are checked, not passed on (qb.jobinfo() shows the supervisor's). Its user
+        is the run's when callback.user is empty (the policy, the qb actions'
+        identity); its pid, pgrp and label resolve the event's parent and label
+        contexts.
+        """
 
     @_builtins.property
     def event(self) -> _types_pb2.Event:
@@ -989,8 +996,9 @@ class PublishEventResponse(_message.Message):
     """True when event_id had been seen before for this same event (nothing was
     decided again).
     Without wait, fired is then empty; with wait, it lists what the event fired
-    when first applied (same invocation ids), each with its result once run (no
-    result for a run the history does not have 30 s after it ended).
+    when first applied, as first answered (same invocation ids, refusal and
+    shadow), each with its result once run (no result for a run the history does
+    not have 30 s after it ended).
     """
     @_builtins.property
     def fired(self) -> _containers.RepeatedCompositeFieldContainer[Global___Firing]:

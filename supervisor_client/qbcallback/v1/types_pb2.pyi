@@ -286,8 +286,11 @@ class Job(_message.Message):
 
     @_builtins.property
     def extra(self) -> _struct_pb2.Struct:
-        """Any other Qube job field (cluster, package, notes, env, ...) passed
-        through untouched to the callback's jobinfo().
+        """Any other Qube job field (cluster, package, notes, env, ...). In a
+        supervisor's JobInfo answer (the embedded farm's holds a SubmitJobs job's),
+        each key shows under its own name in the callback's qb.jobinfo(); an
+        Execute's context.job or a RegisterJob's job does not reach the callback
+        (its qb.jobinfo() asks the supervisor).
         """
 
     def __init__(
