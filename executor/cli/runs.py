@@ -115,6 +115,40 @@ def parse_event(text: str) -> dict[str, str]:
     return dict(zip(("name", "type", "context", "extra"), parts, strict=True))
 
 
+def item_agreed(
+    event: dict[str, str] | None, work: str, subjob: int
+) -> tuple[dict[str, str] | None, str, int]:
+    """``cbexec run``'s event and its ``--work`` / ``--subjob`` made to name one item.
+
+    They describe one firing, so ``qb.event()['extra']`` must agree with ``qb.workid()``
+    or ``qb.subid()``: each fills what the other leaves out (``--event
+    complete-work-self --work 5`` is ``complete-work-self-5``, and that alone gives
+    ``qb.workid()`` ``'5'``). Two different items are a ValueError. A ``*`` extra (a
+    trigger's wildcard) and an extra the executor will refuse are left as given.
+    """
+    if event is None or event["type"] not in ("work", "subjob"):
+        return event, work, subjob
+    extra = event["extra"]
+    if event["type"] == "work":
+        if extra in ("*", work):
+            return event, work, subjob
+        if not extra:
+            return {**event, "extra": work}, work, subjob
+        if not work:
+            return event, extra, subjob
+        raise ValueError(f"--work {work!r} names another work item than --event's {extra!r}")
+    if not extra and subjob >= 0:
+        return {**event, "extra": str(subjob)}, work, subjob
+    instance = extra.strip()
+    if not (instance.isascii() and instance.isdigit() and int(instance) <= SUBJOB_IDS[1]):
+        return event, work, subjob  # "" and no --subjob, "*", or what the executor refuses
+    if subjob < 0:
+        return event, work, int(instance)
+    if subjob != int(instance):
+        raise ValueError(f"--subjob {subjob} names another instance than --event's {extra!r}")
+    return event, work, subjob
+
+
 def embedded_mail_dir() -> Path:
     """Where ``run --embedded`` keeps mail: beside the default data dir, one maildir for all runs."""
     return Settings().data_dir.parent / "cbexec-run-mail"
@@ -478,6 +512,7 @@ def _throwaway_settings(data_dir: Path) -> Settings:
 async def _run_one(args: argparse.Namespace, out: TextIO) -> int:
     try:
         event = parse_event(args.event) if args.event else None
+        event, args.work, args.subjob = item_agreed(event, args.work or "", args.subjob)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     language, code = _callback_source(args)

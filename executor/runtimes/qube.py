@@ -10,13 +10,17 @@ Syntax (qube_codes.split_codes): several code strings separated by newlines or `
 run in order (``unblock-self; mail-status``), each stripped of ASCII spaces and tabs
 and matched with ASCII letters in any case (a non-ASCII look-alike such as the Kelvin
 sign is an unknown code string); a ``#`` starts a comment to the end of its line, ``;``
-and all; blank parts are skipped. Every part is checked before any
-runs: an unknown code string rejects the whole callback (REJECTED, listing the valid
-ones); a work or instance code string when no work item or instance fired the callback
-fails it (FAILED). A failing call stops the run there (FAILED); what ran before stays
-done. A mail that cannot be rendered or sent does not stop it (``unblock-self`` after
-``mail-status`` must not wait on a relay): the code strings after it run, and the run
-is FAILED with the first failure.
+and all; blank parts are skipped, so a callback that is only a comment (one commented
+out) runs nothing and SUCCEEDS. Every part is checked before any runs
+(qube_codes.validate): an unknown code string, none at all in a blank callback, or more
+than MAX_CODE_STRINGS reject the whole callback (REJECTED, listing the valid ones). A
+failing step stops the run there (FAILED); what ran before stays done. A work or
+instance code string when no work item or instance fired the callback is such a step,
+failing at its turn (``_missing_context``), not before the run: it is the event, not
+the code, that lacks it. A mail that cannot be rendered or sent does not stop it
+(``unblock-self`` after ``mail-status`` must not wait on a relay), ``mail-subjob-status``
+without an instance included: the code strings after it run, and the run is FAILED
+with the first failure.
 
 Targets:
 - ``<verb>-self`` acts on the job (``qb.<verb>(jobid)``);
@@ -133,18 +137,30 @@ def _as_fired(
     return job, work, subjob
 
 
-def _missing_context(code: str, invocation: Invocation) -> str | None:
-    """Why ``code`` cannot run for this invocation (no triggering item), or None."""
+def _missing_context(code: str, invocation: Invocation) -> Failure | None:
+    """Why ``code`` cannot act for this invocation (no triggering item), or None.
+
+    Told at the code string's turn, as any failing step is: what ran before it stays
+    done, and a mail fails as one that cannot be rendered (the run goes on).
+    """
     if code in WORK_CODES and not invocation.work_name:
-        return f"{code} acts on the work item that fired the callback, and no work event did"
-    needs_instance = (
-        code == UNBLOCK_SUBJOB_SINGLE
-        or (code in SUBJOB_CODES and code != "unblock-subjob-self")
-        or code == "mail-subjob-status"
-    )
-    if needs_instance and invocation.subjob_id < 0:
-        # An instance's event names one, and a work event may (the instance that took it).
-        return f"{code} acts on the instance that fired the callback, and the event named none"
+        return Failure(
+            f"{code} acts on the work item that fired the callback, and no work event did",
+            exception_type="QubeCodeError",
+        )
+    # An instance's event names one, and a work event may (the instance that took it).
+    if invocation.subjob_id >= 0:
+        return None
+    if code == "mail-subjob-status":
+        return Failure(
+            f"{code}: no instance to mail the status of: the event named none",
+            exception_type="MailError",
+        )
+    if code == UNBLOCK_SUBJOB_SINGLE or (code in SUBJOB_CODES and code != "unblock-subjob-self"):
+        return Failure(
+            f"{code} acts on the instance that fired the callback, and the event named none",
+            exception_type="QubeCodeError",
+        )
     return None
 
 
@@ -191,10 +207,7 @@ class QubeInterpreter:
         if invocation.callback.language == Language.MAIL:
             problem, parts = None, [MAIL_LANGUAGE]
         elif (problem := validate(code)) is None:
-            parts = split_codes(code)
-            missing = [m for c in parts if (m := _missing_context(c, invocation))]
-            problem = "; ".join(missing) or None
-            outcome = Outcome.FAILED if problem else outcome
+            parts = split_codes(code)  # none for a callback that is only a comment
         else:
             outcome = Outcome.REJECTED
         if problem is not None:
@@ -294,6 +307,8 @@ class QubeInterpreter:
     ) -> _Step:
         job_id = invocation.job_id
         target: int | str | ExactWork
+        if (missing := _missing_context(code, invocation)) is not None:
+            raise _StepFailed(missing, stops=code not in MAIL_CODES)
         if code in MAIL_CODES:
             return await self._mail(code, MAIL_CODES[code], invocation, host, acted=acted)
         if code == MAIL_LANGUAGE:

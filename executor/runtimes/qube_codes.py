@@ -78,10 +78,15 @@ def split_codes(code: str) -> list[str]:
 
 
 def validate(code: str) -> str | None:
-    """None when every code string is known; otherwise why not, listing the valid ones."""
+    """None when every code string is known; otherwise why not, listing the valid ones.
+
+    A callback that is only a comment is valid and runs nothing (a TD commented it
+    out); one with neither a code string nor a comment (blank, or only ``;``) names
+    nothing anybody meant: a half-saved ``.qcb`` file, a code field left empty.
+    """
     parts = split_codes(code)
     valid = ", ".join(CODE_STRINGS)
-    if not parts:
+    if not parts and "#" not in code:
         return f"the qube callback has no code string; expected one of: {valid}"
     if len(parts) > MAX_CODE_STRINGS:
         return (

@@ -27,9 +27,10 @@ alone (the universal callbacks at load, when there is no job). What they find:
   ASCII letters, digits, ``_`` and ``.``; all digits (read as a job id); ``self`` or
   ``parent``.
 * ``unknown_code``: a qube callback whose code holds a code string the interpreter does
-  not know (``fly-self``), or none, or too many (``code_checks``): every firing of it
-  would be REJECTED. A warning like the others, not a refusal: a job registered before
-  this check (a supervisor registering it again) keeps its other callbacks.
+  not know (``fly-self``), or none (blank: one only commented out runs nothing and is
+  fine), or too many (``code_checks``): every firing of it would be REJECTED. A
+  warning like the others, not a refusal: a job registered before this check (a
+  supervisor registering it again) keeps its other callbacks.
 * ``refused``: a job's own callback whose every firing its run would be refused
   (``refusal_checks``): its language is one its owner's policy's ``languages`` (or the
   executor's) leaves out. A warning too, for the same reason.

@@ -52,6 +52,40 @@ async def test_a_comment_holding_a_semicolon_runs_nothing(stack_warm: Stack) -> 
     assert [(a.verb, a.target) for a in result.actions] == [("unblock", str(job.id))]
 
 
+async def test_a_fired_callback_runs_its_code_strings_up_to_one_without_its_item(
+    stack_warm: Stack,
+) -> None:
+    # Probe 144: a work or instance code string on a job event stopped the callback before
+    # any code string ran (no mail went), and one commented out was REJECTED at each firing.
+    mailing = "mail-status; mail-subjob-status; block-work-self; fail-self"
+    submitted = _job(["1", "2"], "running-job-self", "# not yet; fail-self")
+    submitted["callbacks"].append(
+        {"triggers": "running-job-self", "language": "qube", "code": mailing, "maximum": 1}
+    )
+    async with FarmClient(stack_warm.channel) as farm:
+        (job,) = (await farm.submit_jobs([submitted])).jobs
+        assert (await farm.take_work("worker-1")).work_name == "1"
+        await stack_warm.settle()
+        job_now = (await farm.get_job(job.id)).job
+
+    assert job_now.status == "running"  # fail-self, after the failing code string, never ran
+    assert {w.name: w.status for w in job_now.agenda} == {"1": "running", "2": "pending"}
+    listed = (await stack_warm.client.list_runs(job_id=job.id)).runs
+    results = {
+        r.callback_id: (await stack_warm.client.get_run(r.invocation_id)).result for r in listed
+    }
+    commented, mailed = results[1], results[2]
+    assert commented.outcome == Outcome.OUTCOME_SUCCEEDED, commented.failure.message
+    assert (list(commented.actions), commented.stdout) == ([], "")
+    assert mailed.outcome == Outcome.OUTCOME_FAILED
+    assert mailed.failure.exception_type == "MailError"  # the first failure: the mail's
+    assert [(a.verb, a.ok) for a in mailed.actions] == [("jobinfo", True), ("mail", True)]
+    assert [line.split(":")[0] for line in mailed.stdout.splitlines()] == [
+        "mail-status",
+        "mail-subjob-status",
+    ]
+
+
 @pytest.mark.parametrize("language", ["qube", "python", "perl"])
 @pytest.mark.parametrize(
     ("item", "verb", "left"),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
 
 from executor.cli import build_parser
-from executor.cli.runs import parse_event, parse_since
+from executor.cli.runs import item_agreed, parse_event, parse_since
 
 pytestmark = pytest.mark.unit
 
@@ -57,6 +58,51 @@ def test_event_splits_into_name_type_context_extra() -> None:
     assert parse_event("done-job") == {"name": "done", "type": "job", "context": "", "extra": ""}
     with pytest.raises(ValueError, match="name-type"):
         parse_event("complete")
+
+
+@pytest.mark.parametrize(
+    ("event", "work", "subjob", "agreed"),
+    [
+        # Probe 144: qb.event()['extra'] said '' (work) or '-1' (subjob) beside the item.
+        ("complete-work-self", "5", -1, ("5", "5", -1)),
+        ("complete-subjob-self", "", 0, ("0", "", 0)),
+        # The event's extra is the item when the options leave it out.
+        ("complete-work-self-5,6", "", -1, ("5,6", "5,6", -1)),
+        ("complete-subjob-self-3", "", -1, ("3", "", 3)),
+        ("complete-work-self-5", "5", 2, ("5", "5", 2)),  # a work event's instance too
+        ("complete-subjob-self-3", "", 3, ("3", "", 3)),
+        # Left as given: none, a wildcard, what the executor refuses, another type.
+        ("complete-work-self", "", -1, ("", "", -1)),
+        ("complete-work-self-*", "5", -1, ("*", "5", -1)),
+        ("complete-subjob-self-*", "", 1, ("*", "", 1)),
+        ("complete-subjob-self-x", "", -1, ("x", "", -1)),
+        ("complete-job-self", "5", 1, ("", "5", 1)),
+    ],
+)
+def test_run_event_and_item_options_name_one_item(
+    event: str, work: str, subjob: int, agreed: tuple[str, str, int]
+) -> None:
+    given = parse_event(event)
+    after, work, subjob = item_agreed(given, work, subjob)
+    assert after is not None
+    assert (after["extra"], work, subjob) == agreed
+    assert {k: v for k, v in after.items() if k != "extra"} == {
+        k: v for k, v in given.items() if k != "extra"
+    }
+
+
+@pytest.mark.parametrize(
+    ("event", "work", "subjob", "said"),
+    [
+        ("complete-work-self-5", "6", -1, "--work '6' names another work item than --event's '5'"),
+        ("complete-subjob-self-2", "", 3, "--subjob 3 names another instance than --event's '2'"),
+    ],
+)
+def test_run_event_and_item_options_naming_two_items_are_refused(
+    event: str, work: str, subjob: int, said: str
+) -> None:
+    with pytest.raises(ValueError, match="^" + re.escape(said) + "$"):
+        item_agreed(parse_event(event), work, subjob)
 
 
 @pytest.mark.parametrize(

@@ -288,6 +288,8 @@ async def test_a_qube_code_string_no_one_knows_is_a_check_at_registration(
     callbacks = [
         {"triggers": "complete-job-self", "language": "qube", "code": "fly-self"},
         {"triggers": "complete-job-self", "language": "qube", "code": "unblock-self; mail-status"},
+        # Commented out: it runs nothing, and that is no mistake to warn of (probe 144).
+        {"triggers": "complete-job-self", "language": "qube", "code": "# not yet; fail-self"},
         {"triggers": "complete-job-self", "language": "python", "code": "fly-self"},
         {"triggers": "complete-job-self", "language": "mail"},
     ]

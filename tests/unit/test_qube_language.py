@@ -139,7 +139,28 @@ def test_a_comment_runs_to_the_end_of_its_line(code: str, parts: list[str]) -> N
 
 def test_a_comment_holding_a_semicolon_is_not_checked_as_code() -> None:
     assert validate("# mails the job status; see the wiki\nmail-status") is None
-    assert validate("# only a comment; fail-self") is not None  # no code string at all
+
+
+def test_a_callback_that_is_only_a_comment_is_valid_and_a_blank_one_is_not() -> None:
+    # Probe 144: a callback commented out was REJECTED at each firing, and warned of so.
+    assert validate("# not yet; fail-self") is None
+    assert validate("  # disabled\n# unblock-self\n") is None
+    for blank in ("", "  \n ; ", ";"):
+        problem = validate(blank)
+        assert problem is not None
+        assert problem.startswith("the qube callback has no code string")
+
+
+async def test_a_callback_that_is_only_a_comment_succeeds_and_does_nothing(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, "# not yet; fail-self")
+
+    assert result.outcome is Outcome.SUCCEEDED, result.failure
+    assert (result.failure, result.actions, result.stdout) == (None, (), "")
+    assert supervisor.job(job_id)["status"] == "blocked"
 
 
 @pytest.mark.parametrize(
@@ -331,18 +352,24 @@ async def test_a_work_code_string_whose_item_is_gone_is_no_such_work(
     assert work_statuses(supervisor, job_id) == {"1": "blocked", "2": "blocked", "3": "blocked"}
 
 
-async def test_work_code_without_a_work_event_fails(
+async def test_work_code_without_a_work_event_fails_at_its_turn(
     interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
 ) -> None:
-    job_id = submit(supervisor, status="pending")
+    # Probe 144: it was checked before any code string ran, so unblock-self never did.
+    job_id = submit(supervisor)
 
-    result = await run(interpreter, supervisor, job_id, "unblock-self\nfail-work-self")
+    result = await run(interpreter, supervisor, job_id, "unblock-self\nfail-work-self\nblock-self")
 
     assert result.outcome is Outcome.FAILED
     assert result.failure is not None
-    assert "fail-work-self" in result.failure.message
-    assert "work event" in result.failure.message
-    assert result.actions == ()  # checked before anything ran
+    assert result.failure.message == (
+        "fail-work-self acts on the work item that fired the callback, and no work event did"
+    )
+    assert result.failure.exception_type == "QubeCodeError"
+    assert [a.verb for a in result.actions] == ["unblock"]  # what ran before it is done
+    assert supervisor.job(job_id)["status"] == "pending"  # and block-self never ran
+    assert result.stdout.startswith("unblock-self: ")
+    assert len(result.stdout.splitlines()) == 1
 
 
 async def test_fail_work_self_fails_the_running_item(
@@ -402,6 +429,20 @@ async def test_instance_code_without_an_instance_event_fails(
     assert instance_statuses(supervisor, job_id) == {0: "blocked", 1: "blocked"}
 
 
+async def test_instance_code_without_an_instance_event_fails_after_what_ran_before(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
+) -> None:
+    job_id = submit(supervisor)
+
+    result = await run(interpreter, supervisor, job_id, "unblock-self; kill-subjob-self")
+
+    assert result.outcome is Outcome.FAILED
+    assert result.failure is not None
+    assert result.failure.message.startswith("kill-subjob-self acts on the instance")
+    assert [a.verb for a in result.actions] == ["unblock"]
+    assert supervisor.job(job_id)["status"] == "pending"
+
+
 async def test_block_subjob_self_acts_on_the_triggering_instance(
     interpreter: QubeInterpreter, supervisor: ReferenceSupervisor
 ) -> None:
@@ -450,6 +491,38 @@ async def test_mail_subjob_status_uses_the_instance(
     (mail,) = mails(mail_dir)
     assert mail["To"] == "alice@localhost"
     assert mail["Subject"] == f"[qube] job {job_id} (comp) instance 1 is blocked"
+
+
+async def test_mail_subjob_status_without_an_instance_is_a_mail_not_sent(
+    interpreter: QubeInterpreter, supervisor: ReferenceSupervisor, mail_dir: Path
+) -> None:
+    # Probe 144: it stopped the whole callback before any code string ran (no mail at
+    # all); a mail that cannot be rendered is lost visibly and the code strings go on.
+    job_id = submit(supervisor)
+
+    result = await run(
+        interpreter, supervisor, job_id, "mail-status; mail-subjob-status; unblock-self"
+    )
+
+    assert result.outcome is Outcome.FAILED
+    assert result.failure is not None
+    assert result.failure.exception_type == "MailError"
+    assert result.failure.message == (
+        "mail-subjob-status: no instance to mail the status of: the event named none"
+    )
+    (mail,) = mails(mail_dir)
+    assert mail["Subject"] == f"[qube] job {job_id} (comp) is blocked"
+    assert supervisor.job(job_id)["status"] == "pending"
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "mail-status",
+        "mail-subjob-status",
+        "unblock-self",
+    ]
+    assert lines[1] == (
+        "mail-subjob-status: not sent: no instance to mail the status of: the event named none"
+    )
+    assert [a.verb for a in result.actions] == ["jobinfo", "mail", "unblock"]
 
 
 @pytest.mark.parametrize("code", ["mail-license-status", "mail-report-status"])

@@ -245,6 +245,22 @@ def test_a_qcb_comment_holding_a_semicolon_is_no_code(tmp_path: Path) -> None:
     assert loaded.source == f"{conf}/prose.qcb"
 
 
+def test_a_qcb_file_commented_out_loads_and_an_empty_one_does_not(tmp_path: Path) -> None:
+    # Probe 144: a callback that is only a comment runs nothing (it was refused as
+    # naming no code string); an empty file is a save caught half-way, refused as ever.
+    conf = _directory(
+        tmp_path / "off",
+        "off.qcb = done-job-self\n",
+        **{"off.qcb": "# not yet; mail-status\n"},
+    )
+    (loaded,) = load_universal([conf], lambda _: None, check_code=check_source)
+    assert (loaded.language, loaded.code) == ("qube", "# not yet; mail-status")
+
+    empty = _directory(tmp_path / "empty", "empty.qcb = done-job-self\n", **{"empty.qcb": "\n"})
+    (error,) = _errors([empty])
+    assert error.startswith(f"{empty}/empty.qcb:1: the qube callback has no code string")
+
+
 def _checkout(directory: Path, version: str) -> None:
     """As ``git checkout`` writes a file: unlinked, then created anew."""
     for name, text in [
