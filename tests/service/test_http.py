@@ -421,8 +421,13 @@ def raw_exchange(
         ),
         (b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", "505"),
         (b"GET /healthz\r\n", "400"),  # HTTP/0.9: held the connection for the idle timeout
+        # A POST: a method the port serves (signing in and out), but not here.
+        (
+            b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+            "405",
+        ),
     ],
-    ids=["options", "put", "long-target", "many-headers", "http-9.9", "http-0.9"],
+    ids=["options", "put", "long-target", "many-headers", "http-9.9", "http-0.9", "post"],
 )
 async def test_a_request_the_port_cannot_take_on_healthz_is_answered_in_json(
     web: Stack, request_bytes: bytes, status: str
@@ -457,6 +462,16 @@ async def test_a_request_the_port_cannot_take_elsewhere_gets_the_dashboard_s_pag
         raw_exchange, port, b"PUT /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     assert line.startswith("HTTP/1.1 501 ") and headers["Content-Type"].startswith("text/plain")
+    # A POST where only GET is served: 405, in each path's kind (it was a bare text one).
+    post = b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+    line, headers, body = await asyncio.to_thread(raw_exchange, port, post % b"/runs")
+    assert line.startswith("HTTP/1.1 405 "), line
+    assert headers["Content-Type"] == "text/html; charset=utf-8" and headers["Allow"] == "GET"
+    assert b"/static/app.css" in body and b"this page answers GET only" in body
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    line, headers, body = await asyncio.to_thread(raw_exchange, port, post % b"/metrics")
+    assert line.startswith("HTTP/1.1 405 ") and headers["Content-Type"].startswith("text/plain")
+    assert body == b"Method not allowed ('POST'): this page answers GET only\n"
 
 
 async def test_stalled_stream_readers_hold_at_most_the_port_s_stream_slots(
