@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from executor import server
 from executor.config import Settings
 from executor.errors import ConfigError
-from executor.web.server import MAX_CONNECTIONS, MAX_HEADER_BYTES
+from executor.web.server import MAX_CONNECTIONS, MAX_HEADER_BYTES, MAX_HEADER_LINES
 from executor.web.stream_gate import MAX_STREAMS_AT_ONCE
 from supervisor_client import ExecutorClient
 from tests.conftest import Stack, running_stack, stack_settings
@@ -580,6 +580,15 @@ async def test_headers_over_the_cap_in_all_are_refused_431_without_reading_on(
         assert line.startswith("HTTP/1.1 431 "), line
         assert headers["Connection"] == "close"
         assert json.loads(body)["why"] == "the request's headers are over 64 KiB in all"
+        # 100 lines at most, the blank one included, whatever their size.
+        lines = [b"Host: x\r\n", token, b"Connection: close\r\n"]
+        at_most = b"".join(lines) + b"X: a\r\n" * (MAX_HEADER_LINES - 1 - len(lines)) + b"\r\n"
+        assert at_most.count(b"\r\n") == MAX_HEADER_LINES
+        line, _, body = await asyncio.to_thread(raw_exchange, port, start + at_most)
+        assert line.startswith("HTTP/1.1 200 "), (line, body)
+        line, _, body = await asyncio.to_thread(raw_exchange, port, start + b"X: a\r\n" + at_most)
+        assert line.startswith("HTTP/1.1 431 "), line
+        assert json.loads(body)["why"] == "the request's headers are over 100 lines in all"
         # Past the cap in any shape: one long line, many short ones.
         for flood in (b"X-Long: " + b"a" * (70 << 10), b"X-A: b\r\n" * 20000):
             line, _, body = await asyncio.to_thread(raw_exchange, port, start + flood)
