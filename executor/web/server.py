@@ -154,12 +154,14 @@ class _Handler(BaseHTTPRequestHandler):
         # for the headers of a request line without a version (HTTP/0.9 has none),
         # holding the connection until the idle timeout, and served HTTP/0.9 without a
         # status line or a header (so none of SECURITY_HEADERS), HTTP/1.2 as HTTP/1.1.
+        # Its line end first: the stdlib splits the line's words at a bare CR too.
+        try:
+            framing.check_line_end(self.raw_requestline)
+        except framing.FramingError as err:
+            return self._refuse_request_line(err.status, err.why)
         refusal = _version_refusal(self.raw_requestline.split())
         if refusal is not None:
-            self.command = ""
-            self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-            self.send_error(*refusal)
-            return False
+            return self._refuse_request_line(*refusal)
         rfile = self.rfile
         budget = _HeaderBudget(rfile)
         self.rfile = budget  # what the stdlib reads the headers from
@@ -182,6 +184,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(400, str(err))
             return False
         return True
+
+    def _refuse_request_line(self, status: int, why: str) -> bool:
+        """Answer a request refused for its request line alone (the stdlib has not parsed it)."""
+        self.command = ""
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        self.send_error(status, why)
+        return False
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Every error the stdlib answers itself, in the dashboard's way (``Dashboard.unreadable``).
