@@ -243,14 +243,19 @@ class Dashboard:
         ``target`` is the request line's target, as much of it as was read.
         """
         path = unquote(target.partition("?")[0]).rstrip("/") or "/"
+        return _secured(self._refused(status, why, Request("GET", path)))
+
+    def _refused(
+        self, status: int, why: str, request: Request, headers: tuple[tuple[str, str], ...] = ()
+    ) -> Response:
+        """A request refused, in its path's kind: JSON on /healthz, text on /metrics, else a page."""
+        path = request.path.rstrip("/") or "/"
         if path == "/healthz":
-            response = _json(status, {"status": HTTPStatus(status).name, "why": why})
-        elif path == "/metrics":
-            response = Response(status, f"{why}\n".encode(), TEXT_TYPE, _NO_STORE)
-        else:
-            request = Request("GET", path)
-            response = self._error(status, HTTPStatus(status).phrase, why, request)
-        return _secured(response)
+            return _json(status, {"status": HTTPStatus(status).name, "why": why}, headers)
+        if path == "/metrics":
+            return Response(status, f"{why}\n".encode(), TEXT_TYPE, (*headers, *_NO_STORE))
+        refused = self._error(status, HTTPStatus(status).phrase, why, request)
+        return Response(status, refused.body, refused.content_type, (*headers, *refused.headers))
 
     def _route(self, request: Request) -> Response:
         path = request.path.rstrip("/") or "/"
@@ -265,8 +270,9 @@ class Dashboard:
         if request.method == "POST" and path == "/logout":
             cookie = self._access.sign_out(request.headers)
             return Response(303, headers=(("Location", "/login"), ("Set-Cookie", cookie)))
-        if request.method != "GET":
-            return Response(405, b"method not allowed\n", "text/plain", (("Allow", "GET"),))
+        if request.method != "GET":  # a POST (login and logout are above)
+            why = f"Method not allowed ('{request.method}'): this page answers GET only"
+            return self._refused(405, why, request, (("Allow", "GET"),))
         if path.startswith("/static/"):
             found = self._static.get(path.removeprefix("/static/"))
             if found is None:

@@ -1,4 +1,4 @@
-"""Where a request's body ends, from its header lines as received, or why that cannot be told.
+r"""Where a request's body ends, from its header lines as received, or why that cannot be told.
 
 A request whose end two HTTP parsers could place differently is refused, never guessed
 at: behind a front end (a reverse proxy, a load balancer) that frames it the other way,
@@ -11,7 +11,11 @@ So, as RFC 9112 says (6.1, 6.3, 5.1, 5.2):
   (its length cannot be known at all);
 - ``Content-Length`` is plain digits; given more than once, every value the same;
 - a header line is a name (a token: no whitespace, before the colon either) and a
-  colon, and never a continuation of the line before (obs-fold).
+  colon, and never a continuation of the line before (obs-fold);
+- every line, the request line and the blank one included, ends in CRLF and holds no
+  other CR (RFC 9112 2.2 lets a recipient refuse a bare CR). The stdlib's reader ends a
+  line at LF alone and keeps a bare CR inside it; other parsers end a line at a bare CR,
+  or only at CRLF: ``X: a\rContent-Length: 43`` is one header here and two there.
 
 The stdlib's parser is not asked: it takes the first of two ``Content-Length``s,
 ignores ``Transfer-Encoding``, and ends the headers, unsaid, at a line it cannot read
@@ -38,16 +42,28 @@ class FramingError(Exception):
         self.why = why
 
 
+def check_line_end(line: bytes) -> None:
+    """FramingError (400) unless ``line``, as read up to its LF, ends in CRLF and holds no other CR."""
+    if not line.endswith(b"\r\n"):
+        raise FramingError(400, "a line of the request does not end in CRLF (a bare LF, or none)")
+    if b"\r" in line[:-2]:
+        raise FramingError(400, "a bare CR in the request line or a header line")
+
+
 def body_length(header_lines: Iterable[bytes]) -> int:
     """The body's length in bytes (0 for none); FramingError when it is not unambiguous.
 
-    ``header_lines``: the lines after the request line as read, their line ends (and the
-    blank line that ends them) included or not.
+    ``header_lines``: the lines after the request line as read, each with its line end,
+    and the blank line that ends them (or the empty read that ended them: the client
+    stopped sending).
     """
     lengths: list[bytes] = []
     codings: list[bytes] = []
     for raw in header_lines:
-        line = raw.rstrip(b"\r\n")
+        if not raw:
+            continue
+        check_line_end(raw)
+        line = raw[:-2]
         if not line:
             continue
         if line[:1] in (b" ", b"\t"):

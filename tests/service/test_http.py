@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from executor import server
 from executor.config import Settings
 from executor.errors import ConfigError
-from executor.web.server import MAX_CONNECTIONS, MAX_HEADER_BYTES
+from executor.web.server import MAX_CONNECTIONS, MAX_HEADER_BYTES, MAX_HEADER_LINES
 from executor.web.stream_gate import MAX_STREAMS_AT_ONCE
 from supervisor_client import ExecutorClient
 from tests.conftest import Stack, running_stack, stack_settings
@@ -421,8 +421,13 @@ def raw_exchange(
         ),
         (b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", "505"),
         (b"GET /healthz\r\n", "400"),  # HTTP/0.9: held the connection for the idle timeout
+        # A POST: a method the port serves (signing in and out), but not here.
+        (
+            b"POST /healthz HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+            "405",
+        ),
     ],
-    ids=["options", "put", "long-target", "many-headers", "http-9.9", "http-0.9"],
+    ids=["options", "put", "long-target", "many-headers", "http-9.9", "http-0.9", "post"],
 )
 async def test_a_request_the_port_cannot_take_on_healthz_is_answered_in_json(
     web: Stack, request_bytes: bytes, status: str
@@ -457,6 +462,16 @@ async def test_a_request_the_port_cannot_take_elsewhere_gets_the_dashboard_s_pag
         raw_exchange, port, b"PUT /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
     )
     assert line.startswith("HTTP/1.1 501 ") and headers["Content-Type"].startswith("text/plain")
+    # A POST where only GET is served: 405, in each path's kind (it was a bare text one).
+    post = b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
+    line, headers, body = await asyncio.to_thread(raw_exchange, port, post % b"/runs")
+    assert line.startswith("HTTP/1.1 405 "), line
+    assert headers["Content-Type"] == "text/html; charset=utf-8" and headers["Allow"] == "GET"
+    assert b"/static/app.css" in body and b"this page answers GET only" in body
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    line, headers, body = await asyncio.to_thread(raw_exchange, port, post % b"/metrics")
+    assert line.startswith("HTTP/1.1 405 ") and headers["Content-Type"].startswith("text/plain")
+    assert body == b"Method not allowed ('POST'): this page answers GET only\n"
 
 
 async def test_stalled_stream_readers_hold_at_most_the_port_s_stream_slots(
@@ -565,6 +580,15 @@ async def test_headers_over_the_cap_in_all_are_refused_431_without_reading_on(
         assert line.startswith("HTTP/1.1 431 "), line
         assert headers["Connection"] == "close"
         assert json.loads(body)["why"] == "the request's headers are over 64 KiB in all"
+        # 100 lines at most, the blank one included, whatever their size.
+        lines = [b"Host: x\r\n", token, b"Connection: close\r\n"]
+        at_most = b"".join(lines) + b"X: a\r\n" * (MAX_HEADER_LINES - 1 - len(lines)) + b"\r\n"
+        assert at_most.count(b"\r\n") == MAX_HEADER_LINES
+        line, _, body = await asyncio.to_thread(raw_exchange, port, start + at_most)
+        assert line.startswith("HTTP/1.1 200 "), (line, body)
+        line, _, body = await asyncio.to_thread(raw_exchange, port, start + b"X: a\r\n" + at_most)
+        assert line.startswith("HTTP/1.1 431 "), line
+        assert json.loads(body)["why"] == "the request's headers are over 100 lines in all"
         # Past the cap in any shape: one long line, many short ones.
         for flood in (b"X-Long: " + b"a" * (70 << 10), b"X-A: b\r\n" * 20000):
             line, _, body = await asyncio.to_thread(raw_exchange, port, start + flood)

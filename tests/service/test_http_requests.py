@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import html
 import http.client
+import json
 import logging
 import socket
 import urllib.parse
@@ -82,6 +83,15 @@ def _post(headers: bytes, body: bytes, path: bytes = b"/logout") -> bytes:
         (_post(b"Transfer-Encoding: Chunked\r\n", CHUNKED), "501"),
         (_post(b"Transfer-Encoding: gzip\r\n", SMUGGLED), "400"),
         (_post(b"Transfer-Encoding: chunked, gzip\r\n", SMUGGLED), "400"),
+        # A bare CR: kept inside X's value here, a line end to a parser that ends lines at
+        # CR (the Content-Length it read went unseen, the body read as a second request).
+        (_post(b"X: a\rContent-Length: %d\r\n" % len(SMUGGLED), SMUGGLED), "400"),
+        (_post(b"X: a\rTransfer-Encoding: chunked\r\n", CHUNKED), "400"),
+        (b"GET /runs\rHTTP/1.1\r\nHost: localhost\r\n\r\n" + SMUGGLED, "400"),
+        # A bare LF: a line end here (the body taken by its Content-Length), none to a
+        # parser that ends lines at CRLF only (no Content-Length, a second request).
+        (_post(b"X: a\nContent-Length: %d\r\n" % len(SMUGGLED), SMUGGLED), "400"),
+        (b"GET /runs HTTP/1.1\nHost: localhost\n\n" + SMUGGLED, "400"),
     ],
     ids=[
         "te-cl",
@@ -95,6 +105,11 @@ def _post(headers: bytes, body: bytes, path: bytes = b"/logout") -> bytes:
         "chunked-capital",
         "te-not-chunked",
         "te-chunked-not-last",
+        "bare-cr-cl",
+        "bare-cr-te",
+        "bare-cr-request-line",
+        "bare-lf-cl",
+        "lf-only",
     ],
 )
 async def test_a_request_whose_body_s_end_is_ambiguous_is_refused_and_nothing_read_after_it(
@@ -108,6 +123,32 @@ async def test_a_request_whose_body_s_end_is_ambiguous_is_refused_and_nothing_re
     assert b"SERVING" not in answer
     assert b"\r\nConnection: close\r\n" in head
     assert b"\r\nContent-Security-Policy: " in head and b"\r\nX-Frame-Options: DENY" in head
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "why"),
+    [
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX: a\rContent-Length: 0\r\n\r\n",
+            "a bare CR in the request line or a header line",
+        ),
+        (b"GET /healthz HTTP/1.1\rX\r\n\r\n", "a bare CR in the request line or a header line"),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: localhost\n\r\n",
+            "a line of the request does not end in CRLF (a bare LF, or none)",
+        ),
+    ],
+    ids=["header-line", "request-line", "bare-lf"],
+)
+async def test_a_bare_cr_or_lf_is_refused_saying_which(
+    web: Stack, request_bytes: bytes, why: str
+) -> None:
+    line, headers, body = await asyncio.to_thread(
+        raw_exchange, web.running.http_port or 0, request_bytes
+    )
+    assert line.startswith("HTTP/1.1 400 "), line
+    assert headers["Content-Type"] == "application/json"  # /healthz's, always
+    assert json.loads(body) == {"status": "BAD_REQUEST", "why": why}
 
 
 async def test_identical_content_lengths_frame_the_body_as_one(web: Stack) -> None:
