@@ -271,8 +271,8 @@ class Dashboard:
             cookie = self._access.sign_out(request.headers)
             return Response(303, headers=(("Location", "/login"), ("Set-Cookie", cookie)))
         if request.method != "GET":  # a POST (login and logout are above)
-            why = f"Method not allowed ('{request.method}'): this page answers GET only"
-            return self._refused(405, why, request, (("Allow", "GET"),))
+            why = f"Method not allowed ('{request.method}'): this page answers GET and HEAD only"
+            return self._refused(405, why, request, (("Allow", "GET, HEAD"),))
         if path.startswith("/static/"):
             found = self._static.get(path.removeprefix("/static/"))
             if found is None:

@@ -466,12 +466,12 @@ async def test_a_request_the_port_cannot_take_elsewhere_gets_the_dashboard_s_pag
     post = b"POST %s HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"
     line, headers, body = await asyncio.to_thread(raw_exchange, port, post % b"/runs")
     assert line.startswith("HTTP/1.1 405 "), line
-    assert headers["Content-Type"] == "text/html; charset=utf-8" and headers["Allow"] == "GET"
-    assert b"/static/app.css" in body and b"this page answers GET only" in body
+    assert headers["Content-Type"] == "text/html; charset=utf-8" and headers["Allow"] == "GET, HEAD"
+    assert b"/static/app.css" in body and b"this page answers GET and HEAD only" in body
     assert "script-src 'self'" in headers["Content-Security-Policy"]
     line, headers, body = await asyncio.to_thread(raw_exchange, port, post % b"/metrics")
     assert line.startswith("HTTP/1.1 405 ") and headers["Content-Type"].startswith("text/plain")
-    assert body == b"Method not allowed ('POST'): this page answers GET only\n"
+    assert body == b"Method not allowed ('POST'): this page answers GET and HEAD only\n"
 
 
 async def test_stalled_stream_readers_hold_at_most_the_port_s_stream_slots(

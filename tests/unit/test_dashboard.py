@@ -150,16 +150,16 @@ def test_unknown_paths_and_methods() -> None:
 def test_a_post_where_only_get_is_served_is_a_405_in_the_path_s_kind() -> None:
     # It was a bare text "method not allowed" on every path, /healthz included.
     dashboard = Dashboard(FakeSource(), CollectorRegistry(), Access(""))
-    why = "Method not allowed ('POST'): this page answers GET only"
+    why = "Method not allowed ('POST'): this page answers GET and HEAD only"
     healthz = dashboard.handle(Request.parse("POST", "/healthz", {}, b"x"))
     assert (healthz.status, healthz.content_type) == (405, "application/json")
     assert json.loads(healthz.body) == {"status": "METHOD_NOT_ALLOWED", "why": why}
-    assert ("Allow", "GET") in healthz.headers
+    assert ("Allow", "GET, HEAD") in healthz.headers
     metrics = dashboard.handle(Request.parse("POST", "/metrics", {}))
     assert (metrics.status, metrics.body) == (405, f"{why}\n".encode())
     runs = dashboard.handle(Request.parse("POST", "/runs", {}))
     assert (runs.status, runs.content_type) == (405, "text/html; charset=utf-8")
-    assert html.escape(why) in runs.body.decode() and ("Allow", "GET") in runs.headers
+    assert html.escape(why) in runs.body.decode() and ("Allow", "GET, HEAD") in runs.headers
 
 
 def test_a_failing_source_is_a_503_and_a_bug_a_500_with_an_incident() -> None:
