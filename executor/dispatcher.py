@@ -33,10 +33,10 @@ get it as their answer, a cancelled caller its cancellation once the run has end
 Two exceptions. An Execute whose callback had not started (waiting for a slot, or its
 child not yet given its start) when a drain or its caller stopped it is no run: nothing
 is recorded or reported, and its caller may send it again; a drain's caller gets
-UnavailableError (``NOT_STARTED``), a cancelled caller its cancellation (the task's
-UnavailableError, ``_refuse_unstarted``, is only logged). A fired run drain stopped (or
-never started): its caller, the trigger engine's queue, gets UnavailableError, and keeps
-the firing for the next start.
+ShuttingDownError (``NOT_STARTED``, an UnavailableError), a cancelled caller its
+cancellation (the task's UnavailableError, ``_refuse_unstarted``, is only logged). A
+fired run drain stopped (or never started): its caller, the trigger engine's queue, gets
+ShuttingDownError, and keeps the firing for the next start without trying it again here.
 
 A run an executor bug ends (an unexpected exception) is an Execute caller's INTERNAL
 error; a qube run, and a fired run (it has no caller to tell), is instead a FAILED run
@@ -60,6 +60,7 @@ from executor.errors import (
     CapacityError,
     ExecutorError,
     InvalidRequestError,
+    ShuttingDownError,
     UnavailableError,
 )
 from executor.host_api import HostApi
@@ -278,6 +279,9 @@ class Dispatcher:
     ) -> RunResult:
         """Run one invocation to its RunResult. Raises CapacityError / UnavailableError.
 
+        ShuttingDownError (an UnavailableError) once a stop has begun: refused at the
+        door, or stopped by ``drain`` (a fired run, or an Execute not started).
+
         ``fired``: the trigger engine fired it; it is never refused for a full queue.
         ``request_bytes``: the size its request came in, counted against
         ``max_queue_bytes`` while it waits for a slot (its caller's gRPC call holds it). If
@@ -304,7 +308,7 @@ class Dispatcher:
         the door, unrecorded (a fired run waits in the engine's queue).
         """
         if self._draining:
-            raise UnavailableError(SHUTTING_DOWN)
+            raise ShuttingDownError(SHUTTING_DOWN)
         if full := self._refusal():  # a fired run waits in its queue (FiringWorker)
             raise UnavailableError(full)
         try:
@@ -443,7 +447,7 @@ class Dispatcher:
                 if run.fired and self._draining:
                     # Never started: the firing stays in the engine's durable queue and
                     # runs at the next start, instead of ending as a run that never was.
-                    raise UnavailableError(SHUTTING_DOWN)
+                    raise ShuttingDownError(SHUTTING_DOWN)
                 self._refuse_unstarted(run)
                 result = self._stopped(run.invocation, run.stop, ())
             else:
@@ -467,7 +471,7 @@ class Dispatcher:
             # queue and runs again at the next start, under its invocation id, as after a
             # crash (the actions it applied are not applied twice). Done, a routine restart
             # would leave a dependency it was to unblock blocked for good.
-            raise UnavailableError(SHUTTING_DOWN)
+            raise ShuttingDownError(SHUTTING_DOWN)
         return result
 
     @staticmethod
@@ -485,7 +489,7 @@ class Dispatcher:
         if run.fired or run.stop.started:
             return
         if run.stop.reason == SHUTTING_DOWN:
-            raise UnavailableError(NOT_STARTED)
+            raise ShuttingDownError(NOT_STARTED)
         if run.stop.reason in (CALLER_DEADLINE, CALLER_CANCELLED):
             raise UnavailableError(f"{run.stop.reason} before the callback started: no run")
 

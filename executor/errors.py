@@ -11,6 +11,7 @@ ExecutorError
  +-- CapacityError            every slot is busy and the queue is full
  |    +-- StoreFullError      the registered jobs fill triggers.db to triggers_max_bytes
  +-- UnavailableError         draining, or a child could not be started
+ |    +-- ShuttingDownError   the executor's stop ended or refused the run
  +-- DataLossError            a database a request reads is damaged (the message names it)
  +-- ConfigError              settings that cannot work, naming the setting
 HostCallError                 a qb call from a callback failed (goes back to the callback)
@@ -87,6 +88,14 @@ class StoreFullError(CapacityError):
 
 class UnavailableError(ExecutorError):
     """The executor cannot run callbacks right now (draining, spawn failure)."""
+
+
+class ShuttingDownError(UnavailableError):
+    """The executor's stop ended the run or kept it from starting.
+
+    Not worth a retry in this process: nothing runs again before the next start. A fired
+    callback so refused stays in the trigger store's queue and runs then.
+    """
 
 
 class DataLossError(ExecutorError):

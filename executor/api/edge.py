@@ -66,6 +66,8 @@ class Edge:
     internal_socket: PrivateSocket | None = None
     # Says when the port's connections fill max_connections (connection_watch.py).
     connections: ConnectionWatch | None = None
+    # The FarmService, when registered: its WaitJobs end at a stop's start as Watch streams do.
+    farm: FarmServicer | None = None
     _stopping: bool = False
     _pending_health: asyncio.Future[None] | None = None
 
@@ -88,12 +90,15 @@ class Edge:
     async def stop_serving(self) -> None:
         """NOT_SERVING from now on, whatever the storage does (the start of a stop).
 
-        Then every Watch stream ends, its last word NOT_SERVING: open, it would hold the
-        server's stop for the whole grace period (health.py).
+        Then every Watch stream ends, its last word NOT_SERVING, and every farm WaitJobs,
+        UNAVAILABLE (its client asks again): open, either would hold the server's stop for
+        the whole grace period (health.py, farm.py).
         """
         self._stopping = True
         await self.set_serving(False)
         await self.health.end_watches()
+        if self.farm is not None:
+            self.farm.end_waits()
 
     async def set_serving(self, serving: bool) -> None:
         """Health of the server and of each service: SERVING, or NOT_SERVING from a stop on."""
@@ -178,5 +183,13 @@ def build(
     connections = ConnectionWatch(port, settings.max_connections, look_s)
     metrics.registry.register(connections)
     return Edge(
-        server, port, health_servicer, own_channel, services, trimmer, internal_socket, connections
+        server,
+        port,
+        health_servicer,
+        own_channel,
+        services,
+        trimmer,
+        internal_socket,
+        connections,
+        farm,
     )

@@ -16,7 +16,10 @@ it claims the jobs' registrations before it awaits anything (``registered``).
 The changes the farm makes reach the trigger engine through the embedded supervisor's
 forwarder like any other transition; ``WaitJobs`` waits until that forwarder has drained
 and the engine has no firing left to run (those restored after a stop or a crash
-included), so when it answers, the callbacks those changes fired have run.
+included), so when it answers, the callbacks those changes fired have run. A stop ends
+every WaitJobs at its start, UNAVAILABLE (``end_waits``), as health ends its Watch
+streams: left open, each held the stop for the server's whole 5 s grace (probe 147), and
+the client asks again after the restart, as it did when the server cancelled the call.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from executor.errors import (
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
+    UnavailableError,
 )
 from executor.host_api import WorkSelection, plain_work_names
 from executor.triggers.engine import check_trigger
@@ -64,6 +68,9 @@ MAX_WAIT_S: Final = 3600.0
 # read of a few milliseconds. An empty list waits for every job.
 MAX_WAIT_JOB_IDS: Final = 10_000
 _POLL_S: Final = 0.05
+# A WaitJobs a stop ends: the client asks again (``cbexec farm wait`` does, within its
+# ``--wait-timeout``), as after any restart.
+STOPPING: Final = "the executor is stopping; ask again once it has restarted"
 
 CallbacksOf = Callable[[int], list[StoredCallback]]
 Settle = Callable[[], Awaitable[None]]
@@ -147,6 +154,21 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         self._labels = labels
         self._room = room
         self._submissions: set[asyncio.Future[farm_pb2.SubmitJobsResponse]] = set()
+        # The calls' tasks of the WaitJobs open now, and whether a stop has begun (end_waits).
+        self._waits: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
+
+    def end_waits(self) -> None:
+        """End every WaitJobs, now and from now on, UNAVAILABLE: a stop has begun.
+
+        Open, a wait would hold the server's stop for its whole grace (it waits for the
+        firings a stop leaves queued); a client asks again once the executor serves again.
+        Each is cancelled as ``asyncio.timeout`` cancels (and ``WaitJobs`` uncancels): no
+        task or waiter more per open wait, thousands of which may be open.
+        """
+        self._stopping.set()
+        for task in self._waits:
+            task.cancel()
 
     @grpc_errors
     async def SubmitJobs(
@@ -383,6 +405,7 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         Each pass reads the jobs named in one statement (``Farm.ended``), each job once
         however often it is named: read one id at a time, a list of one id 600,000 times
         held the event loop, health included, for 41 s past a 0.5 s timeout.
+        UNAVAILABLE (``STOPPING``) once a stop has begun (``end_waits``).
         """
         timeout = request.timeout_seconds or DEFAULT_WAIT_S
         if not math.isfinite(timeout) or not 0 < timeout <= MAX_WAIT_S:
@@ -396,6 +419,23 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
                 " an empty list waits for every job"
             )
         asked = [convert.check_id("job_ids", job_id) for job_id in dict.fromkeys(request.job_ids)]
+        if self._stopping.is_set():
+            raise UnavailableError(STOPPING)
+        call = asyncio.current_task()
+        assert call is not None  # noqa: S101 - each gRPC call runs in a task of its own
+        self._waits.add(call)
+        try:
+            return await self._waited(asked, timeout)
+        except asyncio.CancelledError:
+            # Ours (end_waits) unless the call was cancelled besides (its client, the server).
+            if self._stopping.is_set() and call.uncancel() == 0:
+                raise UnavailableError(STOPPING) from None
+            raise
+        finally:
+            self._waits.discard(call)
+
+    async def _waited(self, asked: list[int], timeout: float) -> farm_pb2.WaitJobsResponse:
+        """The answer once the jobs ``asked`` (none: all) have ended and settled, or at timeout."""
         if asked and (missing := await self._store.run(self._missing, asked)) is not None:
             raise missing
         ids = asked or None  # None: every job on the farm, read as the wait goes

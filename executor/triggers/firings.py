@@ -21,6 +21,11 @@ queue holds; a firing leaves the queue when its run has ended:
   child could not start) is retried with exponential backoff while the engine runs; it
   never waits for a restart. The event's later firings wait behind it, so their order
   holds.
+* A run the executor's stop ended or refused (ShuttingDownError) is not retried: nothing
+  runs again in this process. It stays queued, with its event's later firings, until
+  ``close`` (the stop's next step) ends the wait; they run at the next start. No line is
+  logged per firing above DEBUG (a WARNING per firing was a false alarm at every routine
+  restart, probe 147): ``close`` says how many stay queued.
 * A run that an executor bug ends is not an exception here: the dispatcher records and
   reports it as a FAILED run ("internal error in the executor; its log has the
   details") and that is its result. Anything else raised here is a bug outside any run
@@ -60,9 +65,10 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import NoReturn
 
 from executor import lease_renewal
-from executor.errors import CapacityError, UnavailableError
+from executor.errors import CapacityError, ShuttingDownError, UnavailableError
 from executor.logs import outside_any_run
 from executor.model import Outcome, RunResult
 from executor.plurals import counted
@@ -341,6 +347,14 @@ class FiringWorker:
                 finally:
                     # Recorded, given back to run again, or the worker closing: none waits.
                     self._not_recorded.pop(firing.invocation_id, None)
+            except ShuttingDownError:
+                logger.debug(
+                    "firing %s of callback %s stopped by the executor's stop; it stays "
+                    "queued and runs at the next start",
+                    firing.invocation_id,
+                    firing.callback.callback_id,
+                )
+                await self._until_closed()
             except (CapacityError, UnavailableError) as err:
                 refusals += 1
                 delay = self._retry.delay(refusals, self._rng)
@@ -376,6 +390,11 @@ class FiringWorker:
             held = await self._done(firing)
             self._queued_ids.discard(firing.invocation_id)
             return result, held
+
+    async def _until_closed(self) -> NoReturn:
+        """Wait until ``close``, the stop's next step, cancels this task: a stop has begun."""
+        await asyncio.get_running_loop().create_future()  # never done
+        raise AssertionError("unreachable: only close ends the wait")
 
     def _failed_for_outage(self, result: RunResult | None, losses: int) -> bool:
         """Whether a run failed only because the supervisor was away.

@@ -8,6 +8,7 @@ import json
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,10 @@ import grpc
 import psutil
 import pytest
 
+from executor.api.farm import STOPPING
 from executor.cli import farm_workers
 from executor.cli.farm_workers import WorkerPlan, fails
+from executor.server import STOP_GRACE_S
 from supervisor_client import ExecutorRpcError, FarmClient, RetryableError
 from supervisor_client.qbcallback.v1 import farm_pb2
 from tests.conftest import Stack
@@ -648,6 +651,8 @@ async def test_farm_wait_rides_out_a_restart(tmp_path: Path) -> None:
     """Probe 127 F4: `farm wait` met the restart as exit 3, `UNAVAILABLE: Cancelling all calls`.
 
     It asks again until the executor is back, as the workers do, within its --wait-timeout.
+    Probe 147: the stop ends its wait at once, UNAVAILABLE, instead of being held by it
+    for the server's whole 5 s grace.
     """
     log = tmp_path / "executor.log"
     async with executor_process(tmp_path / "data", "", log) as first:
@@ -670,8 +675,10 @@ async def test_farm_wait_rides_out_a_restart(tmp_path: Path) -> None:
                 )
 
             assert await eventually(connected, timeout_s=20)
+            started = time.monotonic()
             first.proc.send_signal(signal.SIGTERM)
             await first.proc.wait()
+            stop_s = time.monotonic() - started
             async with (
                 executor_process(
                     tmp_path / "data", "", log, extra_args=["--bind", first.address]
@@ -685,7 +692,10 @@ async def test_farm_wait_rides_out_a_restart(tmp_path: Path) -> None:
                 waiting.kill()
                 await waiting.wait()
     assert (waiting.returncode, out.decode()) == (0, "job 1: complete\n"), err.decode()
-    assert f"cbexec: {first.address} cannot answer now (UNAVAILABLE" in err.decode()
+    assert (
+        f"cbexec: {first.address} cannot answer now (UNAVAILABLE: {STOPPING}); asking again for "
+    ) in err.decode()
+    assert stop_s < STOP_GRACE_S / 2, stop_s
 
 
 async def test_farm_wait_gives_up_in_its_own_words(tmp_path: Path) -> None:

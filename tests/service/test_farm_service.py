@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,11 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from executor import server
 from executor.api.edge import FARM_SERVICE
+from executor.api.farm import STOPPING
 from executor.runs.history_size import sqlite_bytes_in_use
-from supervisor_client import ExecutorRpcError, FarmClient, InvalidRequestError
+from supervisor_client import ExecutorRpcError, FarmClient, InvalidRequestError, RetryableError
 from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc
 from supervisor_client.qbcallback.v1.executor_pb2 import Outcome
 from tests.conftest import Stack, running_stack, stack_settings
@@ -471,3 +475,26 @@ async def test_the_wire_says_0_for_an_unset_time_and_a_callback_reads_qubes_time
     (run,) = (await stack_warm.client.list_runs(job_id=submitted.id)).runs
     # Started, not complete: the callback's jobinfo says Qube's time 0 for the latter.
     assert (await stack_warm.client.get_run(run.invocation_id)).result.stdout == "True 946702800\n"
+
+
+async def test_a_stop_ends_an_open_wait_at_once_to_be_asked_again(tmp_path: Path) -> None:
+    # Probe 147: an open WaitJobs held every stop for the server's whole grace (5 s), then
+    # was cut off ("Cancelling all calls"), as a health Watch had until stops ended it.
+    running = await server.start(stack_settings(tmp_path / "data"))
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with FarmClient(f"127.0.0.1:{running.port}") as farm:
+            await farm.submit_jobs([{"name": "frame", "agenda": ["1"]}])
+            waiting = asyncio.create_task(farm.wait_jobs([1], wait_seconds=60))
+            await asyncio.sleep(0.5)  # in the executor's hands: the frame never ends
+            assert not waiting.done()
+            started = time.monotonic()
+            stopping = asyncio.create_task(running.stop())
+            with pytest.raises(RetryableError) as ended:
+                await waiting
+            await stopping
+            took = time.monotonic() - started
+    finally:
+        await (running.stop() if stopping is None else stopping)
+    assert (ended.value.code, ended.value.details) == (grpc.StatusCode.UNAVAILABLE, STOPPING)
+    assert took < server.STOP_GRACE_S / 2, took

@@ -8,6 +8,7 @@ it in every rolling restart, though it never ran.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import grpc
@@ -127,3 +128,63 @@ async def test_a_stop_logs_how_many_fired_callbacks_stay_queued(
         "stopping: killing 1 callback in progress (KILLED, recorded); 0 Execute calls not "
         "started answered UNAVAILABLE (not recorded: to be sent again)"
     ) in said, said
+
+
+async def test_a_stop_logs_no_warning_for_the_fired_callbacks_it_stops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Probe 147: each fired run the stop killed, or kept waiting for a slot, logged
+    # "firing ... refused (the executor is shutting down); retrying in 0.09s" at WARNING,
+    # at every routine restart: nothing is retried, the firings run at the next start.
+    settings = stack_settings(tmp_path / "data", max_concurrent=2, max_queue=8)
+    running = await server.start(settings)
+    client = ExecutorClient(f"127.0.0.1:{running.port}")
+    try:
+        busy = asyncio.create_task(
+            client.execute_callback(
+                language="python", code=SLOW, job={"id": 1}, invocation_id="busy"
+            )
+        )
+        assert await eventually(lambda: running.dispatcher.running == 1, timeout_s=20)
+        for job_id in (601, 602):
+            await client.register_job(
+                {
+                    "id": job_id,
+                    "name": "slow",
+                    "user": "root",
+                    "callbacks": [
+                        {"triggers": "complete-job-self", "language": "python", "code": SLOW}
+                    ],
+                }
+            )
+            await client.publish_event(name="complete", type="job", job_id=job_id)
+        # One fired run in the free slot, the other waiting for one.
+        assert await eventually(
+            lambda: running.dispatcher.running == 2 and running.dispatcher.waiting == 1,
+            timeout_s=20,
+        )
+        with caplog.at_level("DEBUG"):
+            await running.stop()
+        await busy
+    finally:
+        await client.close()
+    loud = [
+        f"{r.levelname} {r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelno >= logging.WARNING
+    ]
+    assert loud == [], loud
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopping: ")]
+    assert (
+        "stopping: 2 fired callbacks decided and not run to their end stay queued in the "
+        "trigger store (run at the next start, or by another replica of a fleet)"
+    ) in said, said
+    # Each says why at DEBUG, once: none is tried again in this process.
+    kept = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "executor.triggers.firings"
+        and "stopped by the executor's stop" in r.getMessage()
+    ]
+    assert len(kept) == 2, kept
+    assert all(line.endswith("it stays queued and runs at the next start") for line in kept)
