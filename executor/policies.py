@@ -672,6 +672,8 @@ def _env_value(name: str, key: str, var: str, value: Any) -> str:
         raise _error(name, f"{key}.{var}", f"expected a string, got {as_written(value)}")
     if key == "env":
         return _no_nul(name, f"{key}.{var}", value)
+    if not os.path.isabs(value):  # as a bind's path: not another file under another cwd
+        raise _error(name, f"{key}.{var}", f"must be an absolute path, got {value!r}")
     try:
         with open(value, "rb") as source:
             content = source.read(MAX_ENV_FILE_BYTES + 1)
