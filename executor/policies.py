@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from executor.child.isolation import FRESH_PER_CHILD, identity, open_directory
+from executor.child.isolation import FRESH_PER_CHILD, identity, mounts_under, open_directory
 from executor.config import (
     as_written,
     check_written_type,
@@ -354,15 +354,18 @@ def _identity(name: str, key: str, path: str) -> tuple[int, int, int]:
 
 
 def directories_now(binds: Sequence[Bind]) -> tuple[object, ...]:
-    """Which directory each bind's path, and host target, names now, reached as a run will.
+    """Which directory each bind's path, and host target, names now (reached as a run will), and what is mounted inside.
 
     A child started ahead checked and mounted what they named then; a directory swapped
     since (for a symbolic link, or another file system mounted there) takes the child's
-    mount on it away, and the path leads elsewhere. Such a child no longer fits a run.
+    mount on it away, and the path leads elsewhere. A file system mounted inside a path
+    since (a share, an automount) is not in the child's copy: its callback would see the
+    empty mount point, and write there. Such a child no longer fits a run.
     """
     named: list[object] = []
     for bind in binds:
         named.append(_directory_now(bind.path))
+        named.append(tuple(mounts_under(bind.path)))
         if bind.target_identity is not None:
             named.append(_directory_now(bind.target))
     return tuple(named)
@@ -669,6 +672,8 @@ def _env_value(name: str, key: str, var: str, value: Any) -> str:
         raise _error(name, f"{key}.{var}", f"expected a string, got {as_written(value)}")
     if key == "env":
         return _no_nul(name, f"{key}.{var}", value)
+    if not os.path.isabs(value):  # as a bind's path: not another file under another cwd
+        raise _error(name, f"{key}.{var}", f"must be an absolute path, got {value!r}")
     try:
         with open(value, "rb") as source:
             content = source.read(MAX_ENV_FILE_BYTES + 1)

@@ -19,7 +19,9 @@ before the runtime starts:
    private tmpfs of the run's ``disk_bytes``, owned by the callback's uid: a disk quota
    (ENOSPC beyond it) that vanishes with the run;
 6. the policy's *binds* (host directories a site granted, read-only or read-write) are
-   mounted at their targets, from O_PATH descriptors opened before anything was covered;
+   mounted at their targets, from O_PATH descriptors opened before anything was covered,
+   with the file systems mounted inside them (a share, an automount), every one of them
+   nosuid, nodev, and read-only under a read-only bind (``_restrict``);
    the mounts are this namespace's only. Each path and each target on the host is
    reached with no symbolic link followed and must be the directory start-up checked
    (``BindSpec``'s identities), else the run is refused (``BindChangedError``): whoever
@@ -54,7 +56,7 @@ It costs a child ~35-60 us of CPU, and ~20-40 us more in kernel threads tearing 
 down (``scripts/bench.py --mechanisms-only`` and apart; a noisy machine); a bind of its
 ptmx over ``/dev/ptmx`` would add ~10-45 us for nothing.
 
-Stdlib only (ctypes for mount(2)).
+Stdlib only (ctypes for mount(2) and mount_setattr(2)).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
-from errno import ENOENT, ENOTDIR
+from errno import EINVAL, ENOENT, ENOSYS, ENOTDIR, EPERM
 from os import mkdir, setgroups, setresgid, setresuid  # called by name: see launcher.py
 from typing import TYPE_CHECKING
 
@@ -81,6 +83,16 @@ MS_SLAVE = 1 << 19
 MNT_DETACH = 2
 UMOUNT_NOFOLLOW = 8
 CLONE_NEWNS = 0x00020000
+# mount_setattr(2), Linux 5.12+: the same number on x86_64 and aarch64 (the common table).
+SYS_MOUNT_SETATTR = 442
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 1
+MOUNT_ATTR_NOSUID = 2
+MOUNT_ATTR_NODEV = 4
+# What statvfs says of a mount a bind's remount keeps (ST_RDONLY and ST_NOEXEC are
+# MS_RDONLY's and MS_NOEXEC's values): a remount sets the flags it is given, no others.
+_KEPT_ON_REMOUNT = os.ST_RDONLY | os.ST_NOEXEC
 # Where a child with a devpts of its own mounts it: the host's instances under it go.
 DEV_PTS = "/dev/pts"
 # What every child mounts afresh, with what each holds: a bind target that is, holds or
@@ -93,6 +105,18 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.unshare  # noqa: B018 - looked up now, as launcher.py explains
 _mount_call = _libc.mount  # and called by this name (launcher.py says why)
 _umount2 = _libc.umount2
+_syscall = _libc.syscall
+
+
+class _MountAttr(ctypes.Structure):
+    """struct mount_attr, mount_setattr(2)'s argument."""
+
+    _fields_ = (
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    )
 
 
 def _mount(
@@ -126,10 +150,20 @@ def _under_any(path: str, directories: list[str]) -> bool:
 
 def _mount_points() -> list[str]:
     """Every mount point of this process's mount namespace, in /proc/self/mountinfo's order."""
+    return [point for _, point in _mounts()]
+
+
+def _mounts() -> list[tuple[str, str]]:
+    """Each mount of this namespace: ("<mount id> <device>", mount point), in mountinfo's order."""
     with open("/proc/self/mountinfo", "rb") as listing:
         lines = listing.read().splitlines()
-    # The fifth field, with space, tab, newline and backslash as octal escapes.
-    return [os.fsdecode(_ESCAPE.sub(_octal, line.split(b" ", 5)[4])) for line in lines]
+    found = []
+    for line in lines:
+        fields = line.split(b" ", 5)
+        # The fifth field, with space, tab, newline and backslash as octal escapes.
+        point = os.fsdecode(_ESCAPE.sub(_octal, fields[4]))
+        found.append((f"{fields[0].decode()} {fields[2].decode()}", point))
+    return found
 
 
 _ESCAPE = re.compile(rb"\\([0-7]{3})")
@@ -142,6 +176,11 @@ def _octal(escape: re.Match[bytes]) -> bytes:
 def mount_points_under(directory: str) -> list[str]:
     """The mount points at or under ``directory``."""
     return [point for point in _mount_points() if under(point, directory)]
+
+
+def mounts_under(directory: str) -> list[tuple[str, str]]:
+    """The mounts at or under ``directory``, each ("<mount id> <device>", mount point)."""
+    return [mount for mount in _mounts() if under(mount[1], directory)]
 
 
 def detach_hidden_mounts(places: list[str], keep: list[str]) -> None:
@@ -336,15 +375,19 @@ def _open_target(bind: BindSpec, policy: str) -> int:
 
 
 def _mount_binds(binds: list[BindSpec], fds: list[int], policy: str) -> None:
-    """Each source at its target; read-only unless writable; never set-uid or devices.
+    """Each source at its target, with what is mounted inside; read-only unless writable; never set-uid or devices.
 
-    Mounted from descriptor to descriptor, then remounted through the target reached
-    again, checked to be the bind just made.
+    Mounted recursively from descriptor to descriptor (a plain bind would show a share
+    or an automount inside the directory as its empty mount point, and an ``rw`` bind's
+    writes would go under it, where the host never looks), then the whole tree
+    restricted (``_restrict``) through the target reached again, checked to be the bind
+    just made. The namespace's root is private or a slave (``isolate_filesystem``,
+    ``share_masks``), and so are the copies: nothing mounted here reaches the host.
     """
     for bind, fd in zip(binds, fds, strict=True):
         target = _open_target(bind, policy)
         try:
-            _mount(f"/proc/self/fd/{fd}", f"/proc/self/fd/{target}", None, MS_BIND)
+            _mount(f"/proc/self/fd/{fd}", f"/proc/self/fd/{target}", None, MS_BIND | MS_REC)
         finally:
             os.close(target)
         mounted = _reach("target", bind["target"], policy)
@@ -353,11 +396,84 @@ def _mount_binds(binds: list[BindSpec], fds: list[int], policy: str) -> None:
             os.close(mounted)
             raise _changed("target", bind["target"], policy, "another directory is there now")
         try:
-            flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
-            flags = flags if bind["writable"] else flags | MS_RDONLY
-            _mount(None, f"/proc/self/fd/{mounted}", None, flags)
+            _restrict(mounted, bind["target"], read_only=not bind["writable"])
         finally:
             os.close(mounted)
+
+
+def _restrict(mounted: int, target: str, *, read_only: bool) -> None:
+    """The bind at ``mounted`` and every mount inside it nosuid, nodev, and read-only for ``ro``.
+
+    One mount_setattr(2) for the whole tree (AT_RECURSIVE: all or none), which only adds
+    the flags: what the host's mounts have (noexec, read-only) stays. Where the kernel
+    has no such call (before 5.12: ENOSYS; EPERM from a filter that predates it), each
+    mount is remounted (``_remount_each``).
+    """
+    attr = _MountAttr(
+        attr_set=MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (MOUNT_ATTR_RDONLY if read_only else 0)
+    )
+    result = _syscall(
+        ctypes.c_long(SYS_MOUNT_SETATTR),
+        ctypes.c_long(mounted),
+        b"",
+        ctypes.c_long(AT_EMPTY_PATH | AT_RECURSIVE),
+        ctypes.byref(attr),
+        ctypes.c_long(ctypes.sizeof(attr)),
+    )
+    if result == 0:
+        return
+    errno = ctypes.get_errno()
+    if errno not in (ENOSYS, EPERM):
+        raise OSError(errno, f"mount_setattr {target}: {os.strerror(errno)}")
+    _remount_each(target, read_only=read_only)
+
+
+def _remount_each(target: str, *, read_only: bool) -> None:
+    """Without mount_setattr: each mount at or under ``target`` remounted, by its name in mountinfo.
+
+    Each name is reached following no symbolic link, and whatever mount it leads to
+    must then have the flags, else the run is refused (OSError). A name that leads
+    nowhere, or into a directory of another mount (EINVAL to a remount, that mount's
+    own name remounts it), is a mount hidden under another: nothing reaches it. A host
+    user renaming directories inside the bound tree at that very moment could keep one
+    out of the walk; mount_setattr leaves no such gap.
+    """
+    needed = os.ST_NOSUID | os.ST_NODEV | (os.ST_RDONLY if read_only else 0)
+    reached: list[tuple[str, int]] = []
+    try:
+        for point in mount_points_under(target):
+            try:
+                reached.append((point, _open_mount_point(point)))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        for _, fd in reached:
+            flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
+            flags |= os.fstatvfs(fd).f_flag & _KEPT_ON_REMOUNT
+            if read_only:
+                flags |= MS_RDONLY
+            try:
+                _mount(None, f"/proc/self/fd/{fd}", None, flags)
+            except OSError as err:
+                if err.errno != EINVAL:  # EINVAL: a directory of a mount, not its root
+                    raise
+        for point, fd in reached:  # once all are remounted: EINVAL's mount may come later
+            if os.fstatvfs(fd).f_flag & needed != needed:
+                raise OSError(
+                    f"mount {point}: not {'read-only, ' if read_only else ''}nosuid, nodev after "
+                    "its remount"
+                )
+    finally:
+        for _, fd in reached:
+            os.close(fd)
+
+
+def _open_mount_point(path: str) -> int:
+    """An O_PATH descriptor of the mount point ``path`` (a directory or a file), no symbolic link followed."""
+    parent = open_directory(os.path.dirname(path))
+    try:
+        return os.open(os.path.basename(path), os.O_PATH | os.O_NOFOLLOW, dir_fd=parent)
+    finally:
+        os.close(parent)
 
 
 class FilesystemPlan:

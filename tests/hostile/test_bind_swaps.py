@@ -227,6 +227,28 @@ async def test_a_bind_path_mounted_again_is_taken_and_one_unmounted_is_refused(
                 assert again.stdout == "['again.txt']\n"
 
 
+async def test_a_share_mounted_inside_a_bind_after_a_child_was_prepared_reaches_the_run(
+    tmp_path: Path, outside_masks: Path
+) -> None:
+    # The child started ahead copied the bind with what was mounted inside it then; its
+    # run would have listed the share's empty mount point.
+    shared = outside_masks / "shared"
+    (shared / "project").mkdir(parents=True)
+    listing = f"import os\nprint(sorted(os.listdir({VIEW + '/project'!r})))\n"
+    policies = {"reports": reports_policy(shared, VIEW)}
+    settings = stack_settings(tmp_path / "data", policies=policies, max_concurrent=1)
+    async with running_stack(settings) as stack:
+        before = await as_reporter(stack, listing)
+        assert_outcome(before, Outcome.OUTCOME_SUCCEEDED)
+        assert before.stdout == "[]\n"
+        assert await eventually(lambda: bind_mounted_in_a_child(Path(VIEW)), 10.0)  # prepared
+        with tmpfs_on(shared / "project"):
+            (shared / "project" / "plan.txt").write_text("the project's\n")
+            during = await as_reporter(stack, listing)
+            assert_outcome(during, Outcome.OUTCOME_SUCCEEDED)
+            assert during.stdout == "['plan.txt']\n"
+
+
 def bind_mounted_in_a_child(target: Path) -> bool:
     """Whether a sandboxed child of ours has a mount at ``target`` (its bind, made)."""
     for proc in sandboxed_processes():

@@ -9,9 +9,11 @@ nothing survives, the sentinel and the data dir are untouched, the service answe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,83 @@ async def test_a_bind_in_use_is_invisible_to_a_job_callback_beside_it(widened: A
     assert_outcome(looker, Outcome.OUTCOME_SUCCEEDED)
     assert looker.stdout.split() == ["False", "False"]
     await widened.assert_nothing_survives()
+
+
+@contextlib.contextmanager
+def tmpfs_on(directory: Path, options: str) -> Iterator[None]:
+    """A small tmpfs mounted on ``directory`` (a share, an automount), unmounted after."""
+    directory.mkdir(exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size=1m,{options}", "tmpfs", str(directory)]
+    subprocess.run(mount, check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+USE_THE_SUBMOUNTS = r"""
+import ctypes, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+RW, RO = RW_PATH, RO_PATH
+seen = {"share": sorted(os.listdir(RO + "/share")), "inner": sorted(os.listdir(RO + "/share/inner"))}
+
+def attempt(name, action):
+    try:
+        action()
+        seen[name] = "done"
+    except OSError as err:
+        seen[name] = errno.errorcode.get(err.errno, str(err.errno))
+
+def write(path):
+    with open(path, "w") as f:
+        f.write("result\n")
+
+class MountAttr(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in ("set", "clr", "propagation", "userns")]
+
+def clear_read_only():  # mount_setattr(AT_FDCWD, path, AT_RECURSIVE, {attr_clr: RDONLY})
+    attr = MountAttr(0, 1, 0, 0)
+    if libc.syscall(442, -100, (RO + "/share").encode(), 0x8000, ctypes.byref(attr), 32) != 0:
+        raise OSError(ctypes.get_errno(), "mount_setattr")
+
+attempt("write_share", lambda: write(RO + "/share/planted.txt"))
+attempt("write_inner", lambda: write(RO + "/share/inner/planted.txt"))
+attempt("clear_read_only", clear_read_only)
+attempt("write_project", lambda: write(RW + "/project/result.txt"))
+for line in open("/proc/self/mountinfo"):
+    fields = line.split()
+    if fields[4].startswith((RO + "/", RW + "/")):
+        seen[fields[4]] = sorted(fields[5].split(","))
+print(json.dumps(seen))
+"""
+
+
+async def test_a_bind_brings_what_is_mounted_inside_it_read_only_under_ro(tmp_path: Path) -> None:
+    # A share inside a read-only bind (with another inside it), a project share inside a
+    # read-write one: each came as its empty mount point, and the write went under it.
+    rw, ro = tmp_path / "granted-rw", tmp_path / "granted-ro"
+    ro.mkdir()
+    rw.mkdir()
+    with contextlib.ExitStack() as mounted:
+        mounted.enter_context(tmpfs_on(ro / "share", "mode=0777"))
+        (ro / "share" / "data.txt").write_text("shared\n")
+        mounted.enter_context(tmpfs_on(ro / "share" / "inner", "mode=0777"))
+        mounted.enter_context(tmpfs_on(rw / "project", f"mode=2770,gid={GRANTED_GROUP}"))
+        async with _arena("widened", tmp_path) as widened:
+            code = USE_THE_SUBMOUNTS.replace("RW_PATH", repr(GRANTED_TARGET)).replace(
+                "RO_PATH", repr(str(ro))
+            )
+            response = await widened.attack(code)
+        assert_outcome(response, Outcome.OUTCOME_SUCCEEDED)
+        seen = json.loads(response.stdout)
+        assert seen["share"] == ["data.txt", "inner"] and seen["inner"] == []
+        assert seen["write_share"] == seen["write_inner"] == "EROFS"
+        assert seen["clear_read_only"] == "EPERM"
+        assert seen["write_project"] == "done"
+        for point in (f"{ro}/share", f"{ro}/share/inner", f"{GRANTED_TARGET}/project"):
+            writable = "rw" if point.startswith(GRANTED_TARGET) else "ro"
+            assert {writable, "nosuid", "nodev"} <= set(seen[point]), (point, seen[point])
+        # On the host: the share has the result, nothing was planted.
+        assert (rw / "project" / "result.txt").read_text() == "result\n"
+        assert sorted(os.listdir(ro / "share")) == ["data.txt", "inner"]
+        assert os.listdir(ro / "share" / "inner") == []

@@ -94,6 +94,11 @@ def test_the_built_in_policies_are_todays_confinement(tmp_path: Path) -> None:
         ({"max_limits": {"max_processes": 1.5}}, "max_processes: expected a whole number, got 1.5"),
         ({"env": {"PATH": "/evil"}}, "policies.p.env.PATH: not a variable a policy may set"),
         ({"env_files": {"TOKEN": "/nonexistent-token"}}, "policies.p.env_files.TOKEN: cannot read"),
+        # Was read from the cwd at start-up: another file, or none, under systemd's /.
+        (
+            {"env_files": {"TOKEN": "secrets/token"}},
+            "policies.p.env_files.TOKEN: must be an absolute path, got 'secrets/token'",
+        ),
         ({"env_pass": ["NOT_SET_HERE"]}, "is not set in the executor's environment"),
         ({"colour": "red"}, "policies.p.colour: unknown key"),
     ],
