@@ -201,7 +201,12 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
 
         metrics = Metrics()
         # What qb calls and result reports find of the supervisor: fired runs wait it out.
-        reach = SupervisorReach(supervisor_channel, settings.supervisor_timeout_seconds)
+        reach = SupervisorReach(
+            supervisor_channel,
+            settings.supervisor_timeout_seconds,
+            # The embedded one's reads go on while supervisor.db takes no write.
+            write_check=embedded.write_refusal if embedded is not None else None,
+        )
         transport = None
         if settings.report_results:
             transport = GrpcReportTransport(

@@ -771,28 +771,59 @@ def _lockable(path: str) -> bool:
 
 
 def _takes_a_write(path: str) -> bool:
-    """Whether the database at ``path`` takes a write: its header's mark, committed unchanged.
+    """Whether the database at ``path`` takes a write (``_write_mark``).
 
-    A write as the executor's own are, through the database's log and synced: an
-    immutable file (SQLite opens it read-only), another mode, or failing I/O refuses it.
     A path that is no file (a fleet's store) is asked otherwise (``_probe_store``).
     """
     if not Path(path).is_file():
         return True
-    db = _probe_connection(path)
-    if db is None:
+    try:
+        _write_mark(path)
+    except sqlite3.Error:
         return False
+    return True
+
+
+def write_refusal(path: Path) -> StorageError | None:
+    """Why the database at ``path`` takes no write now, in a write's own words; None if it takes one.
+
+    What a look at a database whose reads go on while its writes fail needs: a lock
+    another process holds (``DatabaseLocked``), a full disk or failing I/O.
+    """
+    try:
+        with writing(path):
+            _write_mark(path)
+    except StorageError as err:
+        return err
+    except sqlite3.Error as err:  # not the storage's (the file cannot be opened, say)
+        return StorageError(path, str(err))
+    return None
+
+
+def _write_mark(path: Path | str) -> None:
+    """Commit the header's mark of the database at ``path`` unchanged; raise SQLite's refusal.
+
+    A write as the executor's own are, through the database's log and synced: an
+    immutable file (SQLite opens it read-only), another mode, or failing I/O refuses it,
+    and another connection's write lock held past ``LOCK_PROBE_TIMEOUT_S``.
+    """
+    db = sqlite3.connect(
+        Path(path).absolute().as_uri() + "?mode=rw",
+        uri=True,
+        timeout=LOCK_PROBE_TIMEOUT_S,
+        isolation_level=None,
+    )
     try:
         db.execute("BEGIN IMMEDIATE")
-        db.execute(f"PRAGMA application_id = {_application_id(db)}")
-        db.execute("COMMIT")
-    except sqlite3.Error:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        return False
+        try:
+            db.execute(f"PRAGMA application_id = {_application_id(db)}")
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
     finally:
         db.close()
-    return True
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -46,6 +46,7 @@ from executor.storage import (
     StorageHealth,
     open_database,
     unusable,
+    write_refusal,
     writing,
 )
 from supervisor_client.reference import ReferenceSupervisor, add_reference_supervisor
@@ -97,12 +98,22 @@ class EmbeddedSupervisor:
     server: grpc.aio.Server
     channel: grpc.aio.Channel
     socket: private_socket.PrivateSocket
+    database: Path  # supervisor.db
     # The thread every call of the reference's runs on: the Supervisor service's, the farm's.
     store_thread: StoreThread = field(default_factory=StoreThread)
     forwarder: EventForwarder | None = None
     _forwarding: asyncio.Task[None] | None = field(default=None, repr=False)
     # Set by forward_to: the farm is served a moment before, and its events wait till then.
     _forwarding_begun: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    async def write_refusal(self) -> str:
+        """Why supervisor.db takes no write now, as its actions are answered UNAVAILABLE; "" if it takes one.
+
+        Its reads go on while another process holds its write lock (a backup, an admin's
+        ``sqlite3``): the supervisor is back for the actions only once a write is taken.
+        """
+        refusal = await asyncio.to_thread(write_refusal, self.database)
+        return "" if refusal is None else str(refusal)
 
     def forward_to(self, executor_channel: grpc.aio.Channel) -> EventForwarder:
         """Start sending every transition to the executor's TriggerService."""
@@ -216,7 +227,7 @@ async def start(
         reference.close()
         raise
     channel = grpc.aio.insecure_channel(bound.address, options=list(SUPERVISOR_CHANNEL_OPTIONS))
-    embedded = EmbeddedSupervisor(reference, server, channel, bound, store_thread)
+    embedded = EmbeddedSupervisor(reference, server, channel, bound, path, store_thread)
     try:
         await start_whole(server)
     except BaseException:

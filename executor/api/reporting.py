@@ -289,10 +289,12 @@ class GrpcReportTransport:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 self._patience_s = min(self._patience_s * 2, self._timeout_s * MAX_PATIENCE_FACTOR)
             if self._reach is not None:
-                self._reach.noted(err, took_it_all=time.monotonic() - started >= self._timeout_s)
+                self._reach.noted(
+                    err, wrote=True, took_it_all=time.monotonic() - started >= self._timeout_s
+                )
             raise
         if self._reach is not None:
-            self._reach.answered()
+            self._reach.answered(wrote=True)
         if time.monotonic() - started < self._timeout_s:
             self._patience_s = self._timeout_s
         if response is None:

@@ -8,6 +8,12 @@ connectivity first (gRPC reconnects with its own backoff, 2 s at most; waiting o
 state change costs nothing), then one cheap real call, a JobInfo of job 0 that reads no
 agenda, since a proxy in front of a supervisor that is down accepts connections too.
 Any answer but UNAVAILABLE or DEADLINE_EXCEEDED (NOT_FOUND, say) means it answers.
+
+The embedded supervisor answers UNAVAILABLE only while ``supervisor.db`` takes no write
+(another process holds its write lock, a full disk), and its reads go on meanwhile: an
+answered read says nothing of what failed. So for it (``write_check``) only an answered
+action or report, or a write to ``supervisor.db`` that the look itself tries, says it
+answers (probe 141: the hold ended after 0.0 s and the effects it held were lost).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import grpc
@@ -26,6 +33,9 @@ from supervisor_client.qbcallback.v1 import supervisor_pb2
 
 # Between two looks while it stays away: from a tenth of a second up to 5 s.
 PROBE_BACKOFF: Final = Backoff(first_s=0.1, cap_s=5.0)
+
+# The embedded supervisor's look: why supervisor.db takes no write now, or "" when it takes one.
+WriteCheck = Callable[[], Awaitable[str]]
 
 
 class SupervisorReach:
@@ -38,8 +48,11 @@ class SupervisorReach:
         *,
         backoff: Backoff = PROBE_BACKOFF,
         rng: random.Random | None = None,
+        write_check: WriteCheck | None = None,
     ) -> None:
+        """``write_check``: the embedded supervisor's, its look instead of a JobInfo (module doc)."""
         self._channel = channel
+        self._write_check = write_check
         self._stub = supervisor_stub(channel)
         self._timeout_s = timeout_s
         self._backoff = backoff
@@ -69,14 +82,22 @@ class SupervisorReach:
 
     def lost(self, err: grpc.aio.AioRpcError) -> None:
         """A call met it unreachable (UNAVAILABLE, or DEADLINE_EXCEEDED after the whole deadline)."""
+        self._lost(f"{err.code().name}: {err.details() or ''}".strip())
+
+    def _lost(self, why: str) -> None:
         self._losses += 1
-        self._why = self._last_why = f"{err.code().name}: {err.details() or ''}".strip()
+        self._why = self._last_why = why
 
-    def answered(self) -> None:
-        """A call got an answer (any status the supervisor gave, or a response)."""
-        self._why = ""
+    def answered(self, *, wrote: bool) -> None:
+        """A call got an answer (any status the supervisor gave, or a response).
 
-    def noted(self, err: grpc.aio.AioRpcError, *, took_it_all: bool = True) -> None:
+        ``wrote``: the call was an action or a report, not a read; the embedded
+        supervisor's read says nothing of its writes (module doc).
+        """
+        if wrote or self._write_check is None:
+            self._why = ""
+
+    def noted(self, err: grpc.aio.AioRpcError, *, wrote: bool, took_it_all: bool = True) -> None:
         """Note what a failed call says of the reach: ``lost`` or ``answered``.
 
         The codes of the outbox's UNREACHABLE_CODES are ``lost``, DEADLINE_EXCEEDED only
@@ -89,7 +110,7 @@ class SupervisorReach:
         ):
             self.lost(err)
         elif code != grpc.StatusCode.CANCELLED:
-            self.answered()
+            self.answered(wrote=wrote)
 
     async def until_answering(self) -> None:
         """Return once the supervisor answers (at once unless it is known unreachable)."""
@@ -107,12 +128,22 @@ class SupervisorReach:
                     await self._channel.wait_for_state_change(state)
 
     async def _probe(self) -> None:
-        """One cheap real call: whatever it is answered, but not unreachable, is an answer."""
+        """One cheap real call: whatever it is answered, but not unreachable, is an answer.
+
+        The embedded supervisor's look is a write instead: it fails as its actions do.
+        """
+        if self._write_check is not None:
+            refusal = await self._write_check()
+            if refusal:  # in the words its actions are answered with
+                self._lost(f"{grpc.StatusCode.UNAVAILABLE.name}: {refusal}")
+            else:
+                self.answered(wrote=True)
+            return
         request = supervisor_pb2.JobInfoRequest(id=0, agenda=supervisor_pb2.AGENDA_SCOPE_NONE)
         started = time.monotonic()
         try:
             await self._stub.JobInfo(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
-            self.noted(err, took_it_all=time.monotonic() - started >= self._timeout_s)
+            self.noted(err, wrote=False, took_it_all=time.monotonic() - started >= self._timeout_s)
             return
-        self.answered()
+        self.answered(wrote=False)

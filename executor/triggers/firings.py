@@ -36,9 +36,15 @@ queue holds; a firing leaves the queue when its run has ended:
   their order, until the supervisor answers again (``SupervisorReachability``), logging
   once as it holds and once as it resumes. A run already going when the outage began
   fails as the callback's ``qb`` call does; one that ended FAILED with
-  ``SupervisorUnavailable`` while the supervisor was found unreachable is run again,
-  once, under its invocation id, after the hold (its actions are deduplicated per
-  ``(invocation_id, action_seq)``; its result replaces the failed one's record).
+  ``SupervisorUnavailable`` while the supervisor was found unreachable is run again
+  under its invocation id after the hold (its actions are deduplicated per
+  ``(invocation_id, action_seq)``; its result replaces the failed one's record), and so
+  on each time it fails so: while the look finds the supervisor away, the outage is real
+  and the firing waits it out, its effects applied once it answers (probe 141). A look
+  that finds it answering at once after such a failure (no call found it away since) is
+  a supervisor that answers the look but refuses the callback's calls: one such look per
+  firing still lets it run again (``OUTAGE_RERUNS``); after a second, its failure is the
+  firing's result, so a callback whose calls always fail so does not run for ever.
 * Only the worker runs firings, so none runs twice at once. A publisher that waits for its
   event's results (``PublishEvent(wait=True)``) gets them through futures; if it goes
   away, the runs go on: they are durable work, not the caller's. In a fleet, a run
@@ -79,7 +85,8 @@ from executor.triggers.store import PendingFiring, TriggerStore
 logger = logging.getLogger(__name__)
 
 # How often a fired run that failed only because the supervisor was unreachable is run
-# again once it answers: a bound, since a callback may catch one error and meet another.
+# again though the look after its failure found the supervisor answering at once: a
+# bound, since a supervisor may answer the look and refuse the callback's calls.
 OUTAGE_RERUNS = 1
 
 
@@ -334,7 +341,7 @@ class FiringWorker:
         Returns its result and whether this replica's claim on it held to the end; in a
         fleet, a firing whose claim was lost before its run started is not run (None, False).
         """
-        refusals = reruns = 0
+        refusals = answered_at_once = 0
         while True:
             if not await self._still_claimed(firing):
                 self._queued_ids.discard(firing.invocation_id)
@@ -377,16 +384,20 @@ class FiringWorker:
                     firing.callback.callback_id,
                 )
                 result = None
-            if reruns < OUTAGE_RERUNS and self._failed_for_outage(result, losses):
-                reruns += 1
+            if self._reach is not None and self._failed_for_outage(result, losses):
+                certain = answered_at_once < OUTAGE_RERUNS
+                if not await self._found_away_while_held(firing, self._reach, certain=certain):
+                    answered_at_once += 1  # the look disagrees with the calls
+                if answered_at_once <= OUTAGE_RERUNS:
+                    queued_at = time.monotonic()  # a run of its own: its wait starts again
+                    continue
                 logger.warning(
-                    "firing %s of callback %s failed because the supervisor was "
-                    "unreachable; it runs again once the supervisor answers",
+                    "firing %s of callback %s is not run again: the supervisor answered at "
+                    "once after its calls failed unreachable; this failure is the firing's "
+                    "result",
                     firing.invocation_id,
                     firing.callback.callback_id,
                 )
-                queued_at = time.monotonic()  # a run of its own: its wait starts again
-                continue
             held = await self._done(firing)
             self._queued_ids.discard(firing.invocation_id)
             return result, held
@@ -395,6 +406,27 @@ class FiringWorker:
         """Wait until ``close``, the stop's next step, cancels this task: a stop has begun."""
         await asyncio.get_running_loop().create_future()  # never done
         raise AssertionError("unreachable: only close ends the wait")
+
+    async def _found_away_while_held(
+        self, firing: PendingFiring, reach: SupervisorReachability, *, certain: bool
+    ) -> bool:
+        """After its run failed for the outage: hold it, then whether a call found the supervisor away.
+
+        The hold's own look, or any other call, after the run ended. ``certain``: it runs
+        again whatever the look finds (the log says so).
+        """
+        logger.warning(
+            "firing %s of callback %s failed because the supervisor was unreachable; %s",
+            firing.invocation_id,
+            firing.callback.callback_id,
+            "it runs again once the supervisor answers"
+            if certain
+            else "it runs again once the supervisor answers, if the executor finds it "
+            "away meanwhile",
+        )
+        losses = reach.losses
+        await self._until_supervisor_answers()
+        return reach.losses > losses
 
     def _failed_for_outage(self, result: RunResult | None, losses: int) -> bool:
         """Whether a run failed only because the supervisor was away.

@@ -391,3 +391,50 @@ async def test_a_waiting_publisher_whose_result_cannot_be_recorded_is_told_at_on
             assert await outbox_drained(client)
             assert len(endpoint.servicer.applied) == 1
             assert set(endpoint.servicer.applied.values()) == {1}, "it ran once"
+
+
+async def test_fired_callbacks_wait_out_a_lock_on_the_embedded_supervisor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Probe 141 F1: its reads answer while another process holds supervisor.db's write lock.
+
+    The hold looked with a read (a JobInfo of job 0), which was answered: it ended at
+    once (``resume after 0.0 s``), the one re-run met the lock again, and its failure
+    stayed the firing's result, its frame blocked for good.
+    """
+    caplog.set_level(logging.INFO, logger="executor.triggers.firings")
+    frames = [str(n) for n in range(1, 7)]
+    settings = stack_settings(tmp_path / "data", max_concurrent=2)
+    async with executor(settings) as running, ExecutorClient(f"127.0.0.1:{running.port}") as client:
+        farm = running.reference
+        assert farm is not None
+        (job,) = farm.submit([{"name": "frames", "user": "alice", "agenda": frames}])
+        farm_job = int(job["id"])
+        farm.work_action("block", farm_job, frames, "alice")
+        unblock = f"qb.workunblock('{farm_job}:' + qb.workid())\n"
+        callback = {"triggers": "complete-work-self-*", "language": "python", "code": unblock}
+        await client.register_job(
+            {"id": 7004, "name": "unblocker", "user": "alice", "callbacks": [callback]}
+        )
+        with locked(settings.data_dir / "supervisor.db"):
+            for frame in frames:  # one at a time, as a farm's frames end
+                await client.publish_event(
+                    name="complete", type="work", job_id=7004, work_name=frame
+                )
+                await asyncio.sleep(0.3)
+            assert await eventually(lambda: "holding fired runs" in caplog.text, timeout_s=10)
+            await asyncio.sleep(2.0)  # the hold looks again while the lock holds
+            assert "fired runs resume" not in caplog.text, caplog.text
+        assert await eventually(lambda: running.engine.idle, timeout_s=30)
+        assert await outbox_drained(client)
+        job_after = farm.job(farm_job)
+        history = farm.history(farm_job)
+        runs = (await client.list_runs(job_id=7004, limit=100)).runs
+    assert job_after is not None
+    assert [w["name"] for w in job_after["agenda"] if w["status"] == "blocked"] == []
+    # Each frame's unblock applied once, whatever ran again.
+    unblocked = [line["text"] for line in history if "workunblock" in line["text"]]
+    assert sorted(unblocked) == sorted(set(unblocked)) and len(unblocked) == len(frames), history
+    # Each firing's result of record is its last run's: SUCCEEDED.
+    assert {executor_pb2.Outcome.Name(run.outcome) for run in runs} == {"OUTCOME_SUCCEEDED"}, runs
+    assert len(runs) == len(frames), runs

@@ -197,7 +197,8 @@ async def test_a_run_failed_for_the_outage_runs_again_once(
     """A supervisor (or a proxy before it) that answers UNAVAILABLE itself, its channel up.
 
     The failed run is run again once the supervisor answers (here at once: the probe's
-    JobInfo is answered); a second failure for the same cause is the firing's result.
+    JobInfo is answered); a second failure for the same cause, the look answered at once
+    again, is the firing's result.
     """
     caplog.set_level(logging.INFO, logger="executor.triggers.firings")
     async with (
@@ -219,7 +220,8 @@ async def test_a_run_failed_for_the_outage_runs_again_once(
         blocked = _blocked(endpoint, job_id)
     (fired,) = answer.fired
     assert executor_pb2.Outcome.Name(fired.result.outcome) == f"OUTCOME_{outcome}", fired
-    assert len(_lines(caplog, "runs again once the supervisor answers")) == 1, caplog.text
+    assert len(_lines(caplog, "failed because the supervisor was unreachable")) == refusals
+    assert len(_lines(caplog, "is not run again")) == (outcome == "FAILED"), caplog.text
     assert runs == {"FAILED": 2} if outcome == "FAILED" else {"FAILED": 1, "SUCCEEDED": 1}
     assert ("1" in blocked) == (outcome == "FAILED")
 
@@ -250,6 +252,53 @@ class ProbeHoldingSupervisor(BrieflyUnavailableSupervisor):
             if away:
                 self.unavailable["JobInfo"] += 1
         return await super().JobInfo(request, context)
+
+
+async def test_a_run_failing_for_each_outage_runs_again_after_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Probe 141 F1: a re-run that meets the outage again goes back to the hold.
+
+    Each time, the hold's look finds the supervisor away before it answers: its failures
+    were the outage's, and the firing runs until its effect is applied. Before, the
+    second failure was the firing's result whatever the look found.
+    """
+    caplog.set_level(logging.INFO, logger="executor.triggers.firings")
+    async with (
+        _farm(tmp_path, ProbeHoldingSupervisor) as (endpoint, job_id),
+        # No reports: an answered one would end a hold as its look does.
+        _executor(tmp_path, endpoint, report_results=False) as running,
+        ExecutorClient(f"127.0.0.1:{running.port}") as client,
+    ):
+        servicer = endpoint.servicer
+        assert isinstance(servicer, ProbeHoldingSupervisor)
+        callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
+        await client.register_job(
+            {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
+        )
+        servicer.unavailable["WorkAction"] = 3
+        waiting = asyncio.ensure_future(
+            client.publish_event(
+                name="complete", type="work", job_id=job_id, work_name="1", wait=True
+            )
+        )
+        for _ in range(3):  # each failed run's hold: away at its first look, then back
+            assert await eventually(lambda: servicer.probes_waiting == 1, timeout_s=20)
+            servicer.answer_probe(away=True)
+            assert await eventually(
+                lambda: servicer.probes_waiting == 1 and servicer.probes.empty(), timeout_s=20
+            )
+            servicer.answer_probe(away=False)
+        answer = await waiting
+        runs = dict((await client.get_metrics()).runs_by_outcome)
+        blocked = _blocked(endpoint, job_id)
+        unblocks = [h["text"] for h in endpoint.store.history(job_id) if "workunblock" in h["text"]]
+    (fired,) = answer.fired
+    assert executor_pb2.Outcome.Name(fired.result.outcome) == "OUTCOME_SUCCEEDED", fired
+    assert runs == {"FAILED": 3, "SUCCEEDED": 1}, runs
+    assert "1" not in blocked
+    assert len(unblocks) == 1, unblocks
+    assert not _lines(caplog, "is not run again"), caplog.text
 
 
 def _held_for_s(held: str) -> int:

@@ -77,6 +77,22 @@ async def test_a_write_meeting_another_connections_lock_degrades_until_the_lock_
     assert health.probe()
 
 
+def test_a_write_refusal_says_what_a_write_meets_while_reads_go_on(
+    database: tuple[sqlite3.Connection, Path],
+) -> None:
+    """What the embedded supervisor's look asks: its reads are answered under the lock (probe 141)."""
+    db, path = database
+    db.execute("INSERT INTO t VALUES (1)")
+    assert storage.write_refusal(path) is None
+    with locked(path):
+        assert db.execute("SELECT count(*) FROM t").fetchone() == (1,)
+        refusal = storage.write_refusal(path)
+        assert isinstance(refusal, DatabaseLocked)
+        assert str(refusal).startswith(f"cannot write {path}: database is locked"), refusal
+    assert storage.write_refusal(path) is None
+    assert db.execute("SELECT count(*) FROM t").fetchone() == (1,)  # it changed nothing
+
+
 @contextlib.contextmanager
 def immutable(*paths: Path) -> Iterator[None]:
     """``paths`` made immutable (``chattr +i``) for the block; skipped where that cannot be done."""
