@@ -8,6 +8,7 @@ import sys
 from datetime import datetime
 from typing import Any, TextIO
 
+from executor.api.runs import MAX_RETRY_IDS
 from executor.cli.connection import (
     EXIT_NOT_SUCCEEDED,
     EXIT_OK,
@@ -60,6 +61,14 @@ async def _retry(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_USAGE
     if not args.invocation_ids and not args.all:
         print("cbexec: name the invocation ids to retry, or give --all", file=sys.stderr)
+        return EXIT_USAGE
+    if (named := len(set(args.invocation_ids))) > MAX_RETRY_IDS:
+        # Refused here in the command's words: the RPC's own refusal names its field.
+        print(
+            f"cbexec: at most {MAX_RETRY_IDS} invocation ids a call, got {named};"
+            " --all retries every dead letter",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     async with connect(args) as client:
         reply = await client.retry_dead_letters(args.invocation_ids, timeout=args.timeout)

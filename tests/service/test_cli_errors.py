@@ -137,6 +137,12 @@ CASES: list[tuple[tuple[str, ...], int, str]] = [
         "argument --subjob: expected -2147483648 to 2147483647, got 2147483648",
     ),
     (("outbox", "retry", "--all", "0123abcd"), 2, "give invocation ids or --all, not both"),
+    # Sent on, the RPC's refusal named its field (`set all`), not the command's --all.
+    (
+        ("outbox", "retry", *(f"{n:08x}" for n in range(1001))),
+        2,
+        "cbexec: at most 1000 invocation ids a call, got 1001; --all retries every dead letter",
+    ),
 ]
 
 
