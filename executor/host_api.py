@@ -77,6 +77,7 @@ from executor.supervisor_link import (
     WORK_VERBS,
     ActionOutcome,
     SupervisorPort,
+    not_one_job,
 )
 
 logger = logging.getLogger(__name__)
@@ -98,13 +99,9 @@ _ALIASES: Final = {"retire": "complete"}
 
 def _checked_answer(job_id: int, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A supervisor's jobs for one id: none, or that one job; anything else is its error."""
-    if len(jobs) > 1 or (jobs and jobs[0].get("id") != job_id):
-        ids = ", ".join(str(job.get("id")) for job in jobs[:5])
-        raise HostCallError(
-            "SupervisorUnavailable",
-            f"the supervisor's answer was malformed: JobInfo for job {job_id} gave"
-            f" {len(jobs)} job(s) (ids {ids})",
-        )
+    wrong = not_one_job(job_id, len(jobs), [job.get("id") for job in jobs[:5]])
+    if wrong is not None:
+        raise wrong
     return jobs
 
 

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from executor.errors import HostCallError
+
 JOB_VERBS = (
     "unblock",
     "block",
@@ -37,6 +39,23 @@ WORK_VERBS = ("unblock", "block", "kill", "retry", "requeue", "complete", "fail"
 # The job verbs that apply to an instance (all but remove); the child-side qb
 # modules (Python qb.py, Perl qb.pm) carry the same list.
 SUBJOB_VERBS = tuple(verb for verb in JOB_VERBS if verb != "remove")
+
+
+def not_one_job(job_id: int, count: int, first_ids: Sequence[object]) -> HostCallError | None:
+    """The supervisor's error when its answer for ``job_id`` is neither no job nor that job.
+
+    ``count``: the jobs it answered; ``first_ids``: the ids of the first of them (up to
+    5 are named). Known before any job is converted, so a wrong answer of 300,000 jobs
+    costs nothing to refuse.
+    """
+    if count <= 1 and (count == 0 or first_ids[0] == job_id):
+        return None
+    ids = ", ".join(str(first) for first in first_ids[:5])
+    return HostCallError(
+        "SupervisorUnavailable",
+        f"the supervisor's answer was malformed: JobInfo for job {job_id} gave"
+        f" {count} job(s) (ids {ids})",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,9 @@ from executor.runs.outbox import MESSAGE_MARGIN_BYTES, DeliveryError
 from supervisor_client.qbcallback.v1 import executor_pb2, supervisor_pb2, types_pb2
 
 # The receiver will refuse these again however often we retry: the result is set aside.
-PERMANENT_CODES: Final = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE})
+# Only a refusal as invalid: OUT_OF_RANGE (a proxy's or a supervisor's limit of the
+# moment) is retried as any other answered failure, as the README says.
+PERMANENT_CODES: Final = frozenset({grpc.StatusCode.INVALID_ARGUMENT})
 # The receiver did not answer (down, restarting, hanging): retried for as long as it takes.
 UNREACHABLE_CODES: Final = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -329,8 +331,10 @@ class GrpcReportTransport:
                 return None
             raise _delivery_error(err) from err
         if len(response.results) != len(messages):
+            # Malformed, not a refusal: retried like an answer that does not parse.
             raise DeliveryError(
-                f"ReportResults answered {len(response.results)} results for {len(messages)}",
-                retryable=False,
+                f"the supervisor's answer was malformed: ReportResults answered"
+                f" {len(response.results)} results for {len(messages)}",
+                retryable=True,
             )
         return [entry.duplicate for entry in response.results]

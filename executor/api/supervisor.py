@@ -10,6 +10,7 @@ guessed from the message text.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
@@ -21,7 +22,7 @@ from executor.api.struct_values import job_problem
 from executor.api.supervisor_reach import SupervisorReach
 from executor.child.protocol import QbErrorKind
 from executor.errors import HostCallError
-from executor.supervisor_link import ActionOutcome
+from executor.supervisor_link import ActionOutcome, not_one_job
 from supervisor_client.credentials import RECONNECT_OPTIONS
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import supervisor_pb2, types_pb2
@@ -123,9 +124,16 @@ def malformed_answer(method: str, *, acts: bool) -> HostCallError:
 
 
 def job_dicts(
-    jobs: Iterable[types_pb2.Job], *, include_callbacks: bool, asked: str
+    jobs: Iterable[types_pb2.Job],
+    *,
+    include_callbacks: bool,
+    asked: str,
+    abandoned: threading.Event | None = None,
 ) -> list[dict[str, Any]]:
     """The job dicts of a JobInfo answer's ``jobs`` (for ``asked``: "job 12", "pgrp 3").
+
+    Once ``abandoned`` is set (its caller is gone), it stops at the next job and returns
+    what it has, which nobody reads.
 
     A Struct (a job's ``extra``, a work item's ``resultpackage``) may carry NaN or
     ±Infinity, which no job dict (JSON) holds: the supervisor's answer is then malformed,
@@ -134,6 +142,8 @@ def job_dicts(
     """
     dicts = []
     for index, job in enumerate(jobs):
+        if abandoned is not None and abandoned.is_set():
+            break
         try:
             dicts.append(job_to_dict(job, include_callbacks=include_callbacks))
         except ValueError as err:
@@ -166,6 +176,10 @@ class GrpcSupervisor:
         self._stub = supervisor_stub(channel)
         self._timeout_s = timeout_s
         self._reach = reach
+        # Big answers are converted one at a time: each holds its answer (up to 64 MiB)
+        # and its job dicts (GBs for 300,000 jobs) while it runs, and Python's lock
+        # lets only one convert at a time anyway.
+        self._converting = asyncio.Semaphore(1)
 
     async def _call(
         self,
@@ -213,15 +227,47 @@ class GrpcSupervisor:
             request.agenda = supervisor_pb2.AGENDA_SCOPE_NAMED
             request.work_names.extend(work_names)
         response = await self._call(self._stub.JobInfo, request, "JobInfo")
+        if pgrp is None:  # refused before a job is converted, however many it holds
+            first_ids = [job.id for job in response.jobs[:5]]
+            wrong = not_one_job(request.id, len(response.jobs), first_ids)
+            if wrong is not None:
+                raise wrong
         asked = f"job {request.id}" if pgrp is None else f"pgrp {pgrp}"
-
-        def converted() -> list[dict[str, Any]]:
-            return job_dicts(response.jobs, include_callbacks=include_callbacks, asked=asked)
-
         if not is_big_answer(response):
-            return converted()  # the common answer: a thread's round trip costs more
-        # Off the event loop: 20,000 items take ~40 ms of Python, every other run's wait.
-        return await asyncio.to_thread(converted)
+            # The common answer: a thread's round trip costs more.
+            return job_dicts(response.jobs, include_callbacks=include_callbacks, asked=asked)
+        return await self._converted_off_loop(
+            response.jobs, include_callbacks=include_callbacks, asked=asked
+        )
+
+    async def _converted_off_loop(
+        self, jobs: Sequence[types_pb2.Job], *, include_callbacks: bool, asked: str
+    ) -> list[dict[str, Any]]:
+        """``job_dicts`` on a worker thread (20,000 items take ~40 ms of Python, every other run's wait).
+
+        One at a time (``_converting``), held until the thread is done; a caller
+        cancelled (its run ended) has its conversion stop at the next job rather than
+        run on for seconds, holding GBs, for nobody.
+        """
+        await self._converting.acquire()
+        abandoned = threading.Event()
+        conversion = asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: job_dicts(
+                jobs, include_callbacks=include_callbacks, asked=asked, abandoned=abandoned
+            ),
+        )
+        conversion.add_done_callback(self._conversion_done)
+        try:
+            return await asyncio.shield(conversion)
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+
+    def _conversion_done(self, conversion: asyncio.Future[list[dict[str, Any]]]) -> None:
+        if not conversion.cancelled():
+            conversion.exception()  # retrieved: a cancelled caller no longer awaits it
+        self._converting.release()
 
     async def job_action(
         self, verb: str, job_id: int, *, actor: str, invocation_id: str, action_seq: int
