@@ -8,25 +8,34 @@ The address defaults to ``$CBEXEC_ADDRESS``, else 127.0.0.1:50051, and the token
 Prints the outcome and the callback's output; when the callback did not succeed, also
 why (the failure's message and the end of its stderr), and when the executor cannot be
 reached or refuses the call, that, in one line. An address or token no client can use
-(``127.0.0.1`` has no port) is refused in one line on stderr, exit 2, as ``cbexec`` does.
+(``127.0.0.1`` has no port) is refused in one line on stderr, exit 2, with ``cbexec``'s
+own code: a value a variable gave is named by it (``$CBEXEC_ADDRESS: address ...``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
+from typing import NoReturn
 
 import grpc
 
+from executor.cli.connection import (
+    DEFAULT_ADDRESS,
+    EXIT_USAGE,
+    checked_token,
+    from_environment,
+    source_of,
+)
+from executor.cli.undecodable_arguments import refusal
+from executor.errors import ConfigError
+from executor.visible_text import escaped
 from supervisor_client import ExecutorClient, ExecutorRpcError
-from supervisor_client.credentials import clean_token
 from supervisor_client.qbcallback.v1 import executor_pb2
 from supervisor_client.targets import resolve_target
 
 STDERR_LINES = 5
-EXIT_USAGE = 2  # argparse's, and cbexec's for a setting it refuses
 
 
 async def check(address: str, token: str | None = None) -> int:
@@ -63,26 +72,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "address",
         nargs="?",
-        default=os.environ.get("CBEXEC_ADDRESS") or "127.0.0.1:50051",
+        default=from_environment("CBEXEC_ADDRESS") or DEFAULT_ADDRESS,
         help="executor host:port (default: $CBEXEC_ADDRESS, else 127.0.0.1:50051)",
     )
     parser.add_argument(
         "--token",
-        default=os.environ.get("CBEXEC_AUTH_TOKEN") or None,
+        default=from_environment("CBEXEC_AUTH_TOKEN"),
         help="the executor's auth_token (default: $CBEXEC_AUTH_TOKEN)",
     )
     args = parser.parse_args(argv)
     # One line and exit 2, as argparse and the cbexec commands refuse a usage error.
+    if not_text := refusal(parser, args):
+        refuse(parser, not_text)
     try:
-        token = clean_token(args.token)
-    except ValueError as err:
-        reason = str(err).removeprefix("token: ")
-        parser.exit(EXIT_USAGE, f"{parser.prog}: --token (or $CBEXEC_AUTH_TOKEN): {reason}\n")
+        token = checked_token(args.token)
+    except ConfigError as err:
+        refuse(parser, str(err))
     try:
         resolve_target(args.address)
     except ValueError as err:  # no port, a scheme gRPC lacks, a port out of range, ...
-        parser.exit(EXIT_USAGE, f"{parser.prog}: {err}\n")
+        given_by = source_of(args.address, "")  # a positional's error names it already
+        refuse(parser, f"{given_by}: {err}" if given_by else str(err))
     return asyncio.run(check(args.address, token))
+
+
+def refuse(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """``quickstart_check.py: MESSAGE``, escaped as cbexec escapes it, and exit 2."""
+    parser.exit(EXIT_USAGE, f"{parser.prog}: {escaped(message)}\n")
 
 
 if __name__ == "__main__":

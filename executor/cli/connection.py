@@ -117,7 +117,7 @@ def seconds(text: str) -> float:
     return value
 
 
-def _from_environment(variable: str) -> FromEnvironment | None:
+def from_environment(variable: str) -> FromEnvironment | None:
     """A variable's value, which errors name it by; None when unset or empty (as unset)."""
     value = os.environ.get(variable)
     return FromEnvironment(value, variable) if value else None
@@ -133,14 +133,14 @@ def connection_options(*, suppress: bool = False) -> argparse.ArgumentParser:
         action=AddressList,
         default=argparse.SUPPRESS
         if suppress
-        else _from_environment("CBEXEC_ADDRESS") or DEFAULT_ADDRESS,
+        else from_environment("CBEXEC_ADDRESS") or DEFAULT_ADDRESS,
         help="executor host:port, or a fleet: IP:PORT,IP:PORT (or the flag repeated), or "
         "dns:///NAME:PORT, balanced round-robin over the healthy ones "
         "(default: $CBEXEC_ADDRESS, else 127.0.0.1:50051)",
     )
     parent.add_argument(
         "--token",
-        default=argparse.SUPPRESS if suppress else _from_environment("CBEXEC_AUTH_TOKEN"),
+        default=argparse.SUPPRESS if suppress else from_environment("CBEXEC_AUTH_TOKEN"),
         help="the executor's auth_token (default: $CBEXEC_AUTH_TOKEN)",
     )
     parent.add_argument("--tls-ca", type=Path, help="PEM CA of the executor's certificate")
@@ -187,12 +187,16 @@ def _credentials(args: argparse.Namespace) -> dict[str, Any]:
         for name, (flag, _) in _TLS_FLAGS.items():
             message = message.replace(name, flag)
         raise ConfigError(message) from err
+    return {**given, "token": checked_token(args.token)}
+
+
+def checked_token(token: str | None) -> str | None:
+    """The token as the client sends it; a ConfigError naming ``--token`` and its variable."""
     try:
-        token = clean_token(args.token)
+        return clean_token(token)
     except ValueError as err:
         reason = str(err).removeprefix("token: ")
         raise ConfigError(f"--token (or $CBEXEC_AUTH_TOKEN): {reason}") from err
-    return {**given, "token": token}
 
 
 def say_error(message: str) -> None:
@@ -210,7 +214,7 @@ def connect(args: argparse.Namespace, address: str | None = None) -> ExecutorCli
     try:
         return ExecutorClient(address or args.address, **credentials)
     except ValueError as err:
-        raise ConfigError(f"{_address_name(args)}: {err}") from err
+        raise ConfigError(f"{source_of(args.address, '--address')}: {err}") from err
 
 
 def connect_farm(args: argparse.Namespace) -> FarmClient:
@@ -223,15 +227,16 @@ def connect_farm(args: argparse.Namespace) -> FarmClient:
         return FarmClient(args.address, **credentials)
     except ValueError as err:
         raise ConfigError(
-            f"{_address_name(args)}: {err}; the farm is one executor's embedded supervisor"
+            f"{source_of(args.address, '--address')}: {err}; "
+            "the farm is one executor's embedded supervisor"
         ) from err
 
 
-def _address_name(args: argparse.Namespace) -> str:
-    """Where the address came from: ``--address``, or ``$CBEXEC_ADDRESS`` when no flag gave one."""
-    if isinstance(args.address, FromEnvironment):
-        return f"${args.address.variable}"
-    return "--address"
+def source_of(value: str, given_as: str) -> str:
+    """Who gave a value, for its error: ``$CBEXEC_ADDRESS`` when no argument (``given_as``) did."""
+    if isinstance(value, FromEnvironment):
+        return f"${value.variable}"
+    return given_as
 
 
 def rpc_command(work: Command) -> Callable[[argparse.Namespace], int]:

@@ -74,15 +74,26 @@ async def test_quickstart_check_takes_its_address_as_the_cbexec_commands_do() ->
     ("args", "env", "said"),
     [
         (["127.0.0.1"], {}, "address '127.0.0.1' needs a port: host:port"),
-        ([], {"CBEXEC_ADDRESS": "127.0.0.1"}, "address '127.0.0.1' needs a port: host:port"),
+        (
+            [],
+            {"CBEXEC_ADDRESS": "127.0.0.1"},
+            "$CBEXEC_ADDRESS: address '127.0.0.1' needs a port: host:port",
+        ),
         (["http://127.0.0.1:1"], {}, "address 'http://127.0.0.1:1': "),
+        ([], {"CBEXEC_ADDRESS": "http://127.0.0.1:1"}, "$CBEXEC_ADDRESS: address 'http://"),
+        (["\udcff:1"], {}, "address: '\\xff:1' is not UTF-8 text"),
+        ([], {"CBEXEC_ADDRESS": "\udcff:1"}, "$CBEXEC_ADDRESS: '\\xff:1' is not UTF-8 text"),
         (["127.0.0.1:1", "--token", "t\u00f8k"], {}, "--token (or $CBEXEC_AUTH_TOKEN): "),
+        (["127.0.0.1:1"], {"CBEXEC_AUTH_TOKEN": "t\x01"}, "--token (or $CBEXEC_AUTH_TOKEN): "),
     ],
 )
 async def test_quickstart_check_refuses_a_bad_address_as_the_cbexec_commands_do(
     args: list[str], env: dict[str, str], said: str
 ) -> None:
-    """One line on stderr and exit 2, as ``cbexec runs --address 127.0.0.1``; was a traceback."""
+    """One line on stderr and exit 2, as ``cbexec runs --address 127.0.0.1``; was a traceback.
+
+    A value from a variable is named by it, as cbexec names it (it was not, probe 151).
+    """
     code, out, err = await script_output("scripts/quickstart_check.py", *args, env=env)
     assert (code, out) == (2, "")
     assert len(err.splitlines()) == 1 and err.startswith(f"quickstart_check.py: {said}"), err
