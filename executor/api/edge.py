@@ -6,7 +6,8 @@ runs the embedded reference supervisor, whose farm it drives. One servicer per s
 table (``errors.grpc_errors``). The server refuses to share its port
 (``grpc.so_reuseport`` off): a second executor on a port already in use fails at start
 instead of silently taking a share of the calls. What a connection can make it hold is
-bounded by ``connections.py`` (keepalive, connection and stream caps, idle and age).
+bounded by ``connections.py`` (keepalive, connection and stream caps, idle and age), and
+its calls' headers by ``header_bound.py`` where gRPC does not bound them yet.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from executor.api.callback_executor import CallbackExecutorServicer
 from executor.api.connection_watch import LOOK_EVERY_S, ConnectionWatch
 from executor.api.connections import server_options
 from executor.api.farm import FarmServicer
+from executor.api.header_bound import HeaderBound
 from executor.api.health import HealthService
 from executor.api.interceptors import CallGuard
 from executor.api.private_socket import PrivateSocket
@@ -147,6 +149,8 @@ def build(
         ],
     )
     trimmer = HeapTrimmer()
+    # First: a call whose headers pass gRPC's bound is refused before any method is found.
+    server.add_generic_rpc_handlers((HeaderBound(trimmer),))
     unread = UnreadAnswers(settings.unread_answers_max_bytes)
     # Registers each service's methods guarded.
     guarded = CallGuard(server, metrics, trimmer, unread)

@@ -25,7 +25,7 @@ _END_STREAM, _ACK, _END_HEADERS = 0x1, 0x1, 0x4
 _INITIAL_WINDOW_SIZE: Final = 0x4
 
 
-def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return (
         len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
     )
@@ -42,7 +42,7 @@ def _integer(value: int) -> bytes:
     return bytes((*out, value))
 
 
-def _literal(name: str, value: str) -> bytes:
+def literal(name: str, value: str) -> bytes:
     """A header field as a literal without indexing, new name (RFC 7541 6.2.2)."""
     raw_name, raw_value = name.encode(), value.encode()
     return b"\x00" + _integer(len(raw_name)) + raw_name + _integer(len(raw_value)) + raw_value
@@ -64,7 +64,7 @@ class UnreadingPeer:
     async def connect(cls, port: int) -> UnreadingPeer:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         settings = struct.pack(">HI", _INITIAL_WINDOW_SIZE, 0)
-        writer.write(PREFACE + _frame(_SETTINGS, 0, 0, settings))
+        writer.write(PREFACE + frame(_SETTINGS, 0, 0, settings))
         await writer.drain()
         return cls(reader, writer)
 
@@ -72,7 +72,7 @@ class UnreadingPeer:
         """Send one unary call of ``method`` (``/package.Service/Method``); its stream id."""
         stream, self._next_stream = self._next_stream, self._next_stream + 2
         headers = b"".join(
-            _literal(name, value)
+            literal(name, value)
             for name, value in (
                 (":method", "POST"),
                 (":scheme", "http"),
@@ -85,8 +85,7 @@ class UnreadingPeer:
         message = request.SerializeToString()
         body = b"\x00" + len(message).to_bytes(4, "big") + message
         self._writer.write(
-            _frame(_HEADERS, _END_HEADERS, stream, headers)
-            + _frame(_DATA, _END_STREAM, stream, body)
+            frame(_HEADERS, _END_HEADERS, stream, headers) + frame(_DATA, _END_STREAM, stream, body)
         )
         await self._writer.drain()
         return stream
@@ -100,9 +99,9 @@ class UnreadingPeer:
                 stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
                 payload = await reader.readexactly(length)
                 if kind == _SETTINGS and not flags & _ACK:
-                    writer.write(_frame(_SETTINGS, _ACK, 0))
+                    writer.write(frame(_SETTINGS, _ACK, 0))
                 elif kind == _PING and not flags & _ACK:
-                    writer.write(_frame(_PING, _ACK, 0, payload))
+                    writer.write(frame(_PING, _ACK, 0, payload))
                 elif kind == _DATA and stream:
                     self.answered.add(stream)
                 elif kind == _HEADERS and stream:

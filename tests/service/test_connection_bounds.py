@@ -29,6 +29,7 @@ from executor.runs.metrics import Metrics
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import running_stack, stack_settings
 from tests.helpers.health import SERVING, health_list, health_updates
+from tests.helpers.unacked_peer import UnackedPeer
 from tests.helpers.waiting import eventually
 from tests.service.test_http import fetch
 
@@ -166,6 +167,32 @@ async def test_a_peer_that_never_acknowledges_our_settings_is_dropped(tmp_path: 
             assert await asyncio.to_thread(_closed_within, peer, 20.0)
         finally:
             peer.close()
+
+
+async def test_large_headers_before_our_settings_are_acknowledged_are_refused(
+    tmp_path: Path,
+) -> None:
+    # gRPC bounds headers only once its SETTINGS are acknowledged: before, it took 1 MB
+    # header blocks whole and held their calls until the settings timeout (probe 149).
+    settings = stack_settings(tmp_path / "data")
+    async with running_stack(settings) as stack:
+        peer = await UnackedPeer.connect(stack.running.port)
+        try:
+            small = await peer.call("/grpc.health.v1.Health/Check", 100)
+            large = [
+                await peer.call("/qbcallback.v1.RunService/GetMetrics", size)
+                for size in (17_000, 100_000, 1_000_000)
+            ]
+            assert await eventually(lambda: set(large) <= set(peer.ended), timeout_s=5)
+            # Answered at once, without waiting for a request: the status alone. gRPC's
+            # encoder sends the message as a literal, so its words can be seen in the block.
+            # gRPC refuses a random share itself (its soft limit), 6% of those of 1 MB.
+            for stream in large:
+                block = peer.ended[stream]
+                assert b"more than 16384" in block or b"exceeds soft limit" in block
+            assert small not in peer.ended  # within the bound it waits for its request
+        finally:
+            await peer.close()
 
 
 def _full_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
