@@ -102,8 +102,10 @@ def _explained(code: grpc.StatusCode, details: str) -> str:
 
 
 # A connection closed before gRPC's handshake ended: what a plaintext client sees from a
-# TLS port, and a client without an accepted certificate from a mutual TLS port.
-_CLOSED: Final = "Socket closed"
+# TLS port, and a client without an accepted certificate from a mutual TLS port; a TLS
+# client at a full port sees it inside the handshake's words ("Handshake read failed
+# (Socket closed)").
+_CLOSED: Final = ("Socket closed", "Socket closed)")
 # What OpenSSL says when the peer's first bytes are no TLS record: a plaintext port.
 _NOT_TLS: Final = "WRONG_VERSION_NUMBER"
 

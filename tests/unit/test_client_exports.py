@@ -128,6 +128,28 @@ def test_from_rpc_error_without_details() -> None:
     assert errors.from_rpc_error(raw).details == ""
 
 
+@pytest.mark.parametrize(
+    "last_error",
+    [
+        "ipv4:127.0.0.1:50051: Socket closed",  # plaintext
+        # TLS: the handshake's words around it (a full TLS port, probe 149)
+        "ipv4:127.0.0.1:50051: Handshake read failed (Socket closed)",
+    ],
+)
+def test_a_closed_connection_gets_the_transport_hint(last_error: str) -> None:
+    details = f"failed to connect to all addresses; last error: UNAVAILABLE: {last_error}"
+    raw = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details
+    )
+
+    assert errors.from_rpc_error(raw).details == (
+        f"{details} [the executor closed the connection before answering: if the executor "
+        "uses TLS (tls_cert), give its CA (--tls-ca, root_certificates); if it requires "
+        "client certificates (tls_client_ca), give one it trusts (--tls-cert/--tls-key); "
+        "or it had max_connections connections open]"
+    )
+
+
 def test_request_builder_rejects_what_the_messages_cannot_hold() -> None:
     with pytest.raises(ValueError, match="wall_clock"):
         client_module.build_execute_request(
