@@ -86,18 +86,21 @@ def _explained(code: grpc.StatusCode, details: str) -> str:
     Every executor of a fleet NOT_SERVING (its storage cannot record results: a full
     disk, PostgreSQL down; or it is stopping) leaves the channel nothing to call, even
     for a read such as GetMetrics, and gRPC says only "backend unhealthy": the executor
-    answers why when asked directly, so the error says whom to ask.
+    answers why when asked directly, so the error says whom to ask. gRPC names only the
+    last executor it tried: of the others, one may as well be down or frozen.
     """
     if code != grpc.StatusCode.UNAVAILABLE:
         return details
     unhealthy = _ALL_UNHEALTHY.search(details)
     if unhealthy is None:
         return _transport_hint(details)
+    last = unhealthy.group(1)
     return (
-        "no executor of the fleet is SERVING (each reports NOT_SERVING: its storage cannot"
-        " record results, e.g. a full disk or PostgreSQL unreachable, or it is stopping);"
-        " ask one by its own address for why, e.g."
-        f" `cbexec metrics --address {unhealthy.group(1)}` (storage_problem) [{details}]"
+        f"no executor of the fleet is SERVING (the one gRPC tried last, {last}, reports"
+        " NOT_SERVING: its storage cannot record results, e.g. a full disk or PostgreSQL"
+        " unreachable, or it is stopping; any other reports the same or could not be"
+        " reached); ask one by its own address for why, e.g."
+        f" `cbexec metrics --address {last}` (storage_problem) [{details}]"
     )
 
 

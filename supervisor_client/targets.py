@@ -184,6 +184,32 @@ def _static_entries(target: str) -> tuple[str, ...]:
     return tuple(entries)
 
 
+# What a list is wrongly written with instead of commas: spaces (a shell's habit, or a
+# file's lines), ';' or '|'. None of them belongs in a host:port address.
+_OTHER_SEPARATOR: Final = re.compile(r"\s+|;|\|")
+# Schemes whose rest is a path or a name of any characters: a space there is no list.
+_ANY_TEXT_SCHEMES: Final = ("unix:", "unix-abstract:", "vsock:")
+
+
+def _check_separators(part: str) -> None:
+    """ValueError for addresses separated by something other than commas.
+
+    Only when what comes before the separator is an address: ``a b:1`` is one host
+    name that is none, and said so by check_address.
+    """
+    separator = _OTHER_SEPARATOR.search(part)
+    if separator is None or part.startswith(_ANY_TEXT_SCHEMES):
+        return
+    try:
+        check_address(part[: separator.start()])
+    except ValueError:
+        return
+    written = "spaces" if set(separator.group()) == {" "} else repr(separator.group())
+    raise ValueError(
+        f"address {part!r}: separate a list's addresses with commas, not {written}: IP:PORT,IP:PORT"
+    )
+
+
 def _given(addresses: object) -> list[str]:
     """The addresses as a list; TypeError for what is neither a str nor a sequence of them."""
     if isinstance(addresses, str):
@@ -213,6 +239,9 @@ def resolve_target(addresses: str | Sequence[str]) -> Target:
     repeated command-line flag). Raises ValueError naming the bad entry.
     """
     given = _given(addresses)
+    for item in given:
+        for part in item.split(","):
+            _check_separators(part.strip())
     if len(given) == 1 and _is_fleet_target(given[0]):
         check_address(given[0])
         # A gRPC fleet target, as is.

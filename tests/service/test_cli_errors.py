@@ -73,6 +73,13 @@ CASES: list[tuple[tuple[str, ...], int, str]] = [
     # gRPC took port 99999 as 34463.
     (("metrics", "--address", "127.0.0.1:99999"), 2, "port 99999 is out of range (1 to 65535)"),
     (("metrics", "--address", "127.0.0.1:1,127.0.0.1:99999"), 2, "port 99999 is out of range"),
+    # A list not separated by commas was told to bracket an IPv6 address.
+    (
+        ("runs", "--address", "127.0.0.1:1 127.0.0.2:1"),
+        2,
+        "address '127.0.0.1:1 127.0.0.2:1': separate a list's addresses with commas, not spaces",
+    ),
+    (("metrics", "--address", "127.0.0.1:1;127.0.0.2:1"), 2, "with commas, not ';'"),
     # gRPC's C core refused these with a traceback naming nothing.
     (("metrics", "--token", "tøk"), 2, "--token (or $CBEXEC_AUTH_TOKEN): character 2 is not"),
     (("runs", "--token", "a\nb"), 2, "character 2 is not printable ASCII"),

@@ -17,11 +17,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2_grpc
 
 from executor import server
 from supervisor_client import ExecutorClient, RetryableError
 from supervisor_client.first_calls import CONNECT_WAIT_S
 from supervisor_client.qbcallback.v1 import executor_pb2
+from supervisor_client.targets import HEALTH_SERVICE
 from tests.conftest import TEST_UID_BASE, stack_settings
 from tests.faults.helpers import fill, small_tmpfs, supervisor_endpoint
 from tests.helpers.executor_process import executor_process
@@ -29,6 +32,9 @@ from tests.helpers.health import NOT_SERVING, SERVING, health_status
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
+
+# Nothing listens on port 1: a connection there is refused at once.
+REFUSED = "127.0.0.1:1"
 
 
 @asynccontextmanager
@@ -163,6 +169,35 @@ async def test_a_fleet_none_of_whose_executors_serve_says_so_and_whom_to_ask(
     assert said.startswith("no executor of the fleet is SERVING"), said
     assert f"cbexec metrics --address {direct_a}" in said, said
     assert "backend unhealthy" in said, said  # gRPC's own words stay, at the end
+
+
+@pytest.mark.parametrize("not_serving_first", [True, False])
+async def test_none_serving_says_only_what_grpc_knows_of_the_others(
+    not_serving_first: bool,
+) -> None:
+    """One executor NOT_SERVING, the other refusing connections: not "each reports NOT_SERVING".
+
+    gRPC names only the executor it tried last; the others may be down or frozen.
+    """
+    health = grpc_health.aio.HealthServicer()
+    await health.set(HEALTH_SERVICE, NOT_SERVING)
+    bare = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, bare)
+    not_serving = f"127.0.0.1:{bare.add_insecure_port('127.0.0.1:0')}"
+    await bare.start()
+    listed = [not_serving, REFUSED]
+    try:
+        async with ExecutorClient(listed if not_serving_first else listed[::-1]) as fleet:
+            with pytest.raises(RetryableError) as refused:
+                await fleet.get_metrics(timeout=10)
+    finally:
+        await bare.stop(None)
+    said = refused.value.details
+    assert said.startswith("no executor of the fleet is SERVING"), said
+    assert "each reports NOT_SERVING" not in said, said
+    assert f"the one gRPC tried last, {not_serving}, reports NOT_SERVING" in said, said
+    assert "any other reports the same or could not be reached" in said, said
+    assert f"cbexec metrics --address {not_serving}" in said, said
 
 
 async def test_a_fleet_named_by_dns_is_reached_through_its_records(tmp_path: Path) -> None:

@@ -128,6 +128,60 @@ def test_a_farm_is_one_executor(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("addresses", "written"),
+    [
+        ("10.0.0.1:50051 10.0.0.2:50051", "spaces"),
+        ("10.0.0.1:50051;10.0.0.2:50051", "';'"),
+        ("10.0.0.1:50051 ; 10.0.0.2:50051", "spaces"),
+        ("10.0.0.1:50051|10.0.0.2:50051", "'|'"),
+        ("10.0.0.1:50051\n10.0.0.2:50051", "'\\n'"),
+        ("[::1]:1 [::1]:2", "spaces"),  # was "port '1 [::1]:2' is not a number"
+        ("exec1:1 exec2:1", "spaces"),
+        ("10.0.0.9:1,10.0.0.1:1 10.0.0.2:1", "spaces"),  # was "... in a list is not an IP"
+        ("ipv4:10.0.0.1:1;10.0.0.2:1", "';'"),
+        (["10.0.0.9:1", "10.0.0.1:1;10.0.0.2:1"], "';'"),
+    ],
+)
+def test_a_list_not_separated_by_commas_is_refused_saying_so(
+    addresses: str | list[str], written: str
+) -> None:
+    """It was refused with "write an IPv6 address in brackets", which misled (probe 154)."""
+    message = f"separate a list's addresses with commas, not {written}: IP:PORT,IP:PORT"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve_target(addresses)
+
+
+def test_a_space_that_separates_no_addresses_is_judged_as_before() -> None:
+    for one, message in (
+        ("a b:1", "'a b' is not a host name or an IP address"),
+        ("dns:///a b:1", "'a b' is not a host name or an IP address"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            resolve_target(one)
+    # A path may hold a space.
+    assert resolve_target("unix:/run/my executor.sock").target == "unix:/run/my executor.sock"
+
+
+def test_a_list_not_separated_by_commas_is_refused_by_every_client(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hint = "separate a list's addresses with commas"
+    assert main(["runs", "--address", "10.0.0.1:50051 10.0.0.2:50051"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "cbexec: --address: address '10.0.0.1:50051 10.0.0.2:50051': "
+        f"{hint}, not spaces: IP:PORT,IP:PORT"
+    ]
+    monkeypatch.setenv("CBEXEC_ADDRESS", "127.0.0.1:1;127.0.0.2:1")
+    assert main(["runs"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"cbexec: $CBEXEC_ADDRESS: address '127.0.0.1:1;127.0.0.2:1': {hint}, not ';': "
+        "IP:PORT,IP:PORT"
+    ]
+    with pytest.raises(ValueError, match=hint):
+        ExecutorClient("127.0.0.1:1 127.0.0.2:1")
+
+
+@pytest.mark.parametrize(
     ("address", "message"),
     [
         ("ipv4:127.0.0.1", "address '127.0.0.1' needs a port"),
