@@ -29,7 +29,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -57,6 +57,7 @@ from executor.policies import bind_warnings, exposure_warnings, for_host, networ
 from executor.policies import report as policy_report
 from executor.runs.invocation_ids import FleetIds
 from executor.runs.metrics import Metrics
+from executor.runs.outbox import Outbox
 from executor.runs.readings import ReadingSources, TierFlags
 from executor.runs.recorder import Recorder
 from executor.runtimes import mail_queue
@@ -70,7 +71,7 @@ from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
 from executor.sandbox.tier import describe_sandbox, mechanisms, root_warnings, sandbox_options
 from executor.secret_files import open_to_others
 from executor.sql import is_postgres
-from executor.storage import StorageHealth
+from executor.storage import StorageHealth, runs_nothing
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.journal import JournalLimits
 from executor.triggers.store import TriggerStore
@@ -144,6 +145,22 @@ def _release_unless_mailing(lock: DataDirLock, qube: QubeInterpreter) -> None:
         )
         return
     lock.release()
+
+
+def _run_refusal(storage: StorageHealth, outbox: Outbox | None) -> Callable[[], str]:
+    """Why no run may start now, "" when one may: the dispatcher asks at the door and at its slot.
+
+    A database lost under the executor (``StorageHealth.lost``): a fired run's result
+    would go into a file nothing reads again; fired runs wait in their queue (until the
+    restart) as Execute calls are refused. Else the outbox past its bound.
+    """
+
+    def refusal() -> str:
+        if storage.lost:
+            return runs_nothing(storage.lost)
+        return outbox.refusal() if outbox is not None else ""
+
+    return refusal
 
 
 def _spawner(settings: Settings, options: SandboxOptions) -> Spawner:
@@ -250,7 +267,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             max_queue_bytes=settings.max_queue_bytes,
             on_result=recorder.on_result,
             policies=policies,
-            refusal=recorder.outbox.refusal if recorder.outbox is not None else lambda: "",
+            refusal=_run_refusal(storage_health, recorder.outbox),
             unenforceable=functools.partial(
                 host_limits.refusal, nproc=options.caps_processes_with_nproc
             ),

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Final
 
+from executor import sqlite_shm
 from executor.errors import ConfigError, DataLossError, UnavailableError
 from executor.runs.sqlite_checkpoints import empty_logs
 from executor.sql import (
@@ -81,6 +82,11 @@ class StorageError(UnavailableError):
 # writes one. Answering SELECT 1 says nothing of writes: a read-only server (a standby
 # after a failover, ``default_transaction_read_only``) answers it and refuses them all.
 _PROBE_RESULT: Final = "INSERT INTO outbox (key, payload, created_at) VALUES (?, ?, ?)"
+
+
+def runs_nothing(problem: str) -> str:
+    """The refusal of a run, or of an event or registration that would fire one, while ``problem`` holds."""
+    return f"the executor cannot record results now, so it runs nothing: {problem}"
 
 
 class StoreRefused(UnavailableError):
@@ -207,7 +213,7 @@ def open_database(
     try:
         if not in_memory:
             _make_private(path)
-        db = sqlite3.connect(
+        db = sqlite_shm.connect(
             str(path),
             timeout=BUSY_TIMEOUT_S,
             isolation_level=None,
@@ -268,7 +274,7 @@ def check_database(path: Path) -> str:
 def _check_read_only(path: Path, *, wal: bool, named: Path) -> None:
     uri = path.absolute().as_uri() + ("?mode=ro" if wal else "?mode=ro&immutable=1")
     try:
-        db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        db = sqlite_shm.connect(uri, uri=True, check_same_thread=False)
     except sqlite3.Error as err:
         raise ConfigError(f"{named}: cannot open the database: {err}") from err
     try:
@@ -445,11 +451,29 @@ def _why_refused(path: Path, err: sqlite3.Error) -> str:
     SQLite says "disk I/O error" for a database or log made immutable under it: named as
     start-up names it (``_unwritable``).
     """
+    file = _unwritable_file(path)
+    return str(err) if file is None else f"{err}: {_cannot_write(file)}"
+
+
+def _unwritable_file(path: Path) -> Path | None:
+    """The first of the database at ``path``, its -wal and -shm that this user cannot write."""
     for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         with contextlib.suppress(OSError):
             if file.is_file() and not os.access(file, os.W_OK, effective_ids=_EFFECTIVE_IDS):
-                return f"{err}: {_cannot_write(file)}"
-    return str(err)
+                return file
+    return None
+
+
+def _why_not_emptied(path: Path, error: str) -> str:
+    """Why a database's log could not be emptied: a file this user cannot write, else space.
+
+    A file made immutable or given another mode is named as the cause (SQLite then says
+    "attempt to write a readonly database", or "disk I/O error"), never a want of space.
+    """
+    file = _unwritable_file(path)
+    if file is not None:
+        return f"{error}: {_cannot_write(file)}"
+    return f"{error}; copying it takes up to that much free space"
 
 
 def damaged_in_service(path: Path, why: str) -> str:
@@ -488,8 +512,9 @@ def reading(path: Path | str) -> Iterator[None]:
             ) from err
         if primary_code(err) in _FAILING_STORAGE_CODES:
             raise UnavailableError(
-                f"cannot read {path}: {err}; the storage under it failed (the file is not "
-                "known to be damaged): the executor's data dir needs attention"
+                f"cannot read {path}: {_why_refused(Path(path), err)}; the storage under it "
+                "failed (the file is not known to be damaged): the executor's data dir needs "
+                "attention"
             ) from err
         raise
 
@@ -533,12 +558,24 @@ class StorageHealth:
         self._loop: asyncio.AbstractEventLoop | None = None  # probe_forever's
         # The databases start-up opened, and the file (device, inode) each path named then.
         self._opened: dict[Path, tuple[int, int]] = {}
+        # The first of them found deleted or replaced: what it records is lost (``lost``).
+        self._lost = ""
         self.listeners: list[Callable[[str], None]] = []
 
     @property
     def problem(self) -> str:
         """What is wrong with the storage, "" when nothing is."""
         return self._problem
+
+    @property
+    def lost(self) -> str:
+        """A database deleted or replaced under the executor, until a restart; "" if none.
+
+        What is written meanwhile goes into a file nothing reads again: an event applied,
+        a registration or a fired run's result would be answered as kept and be gone at
+        the stop, so they are refused as an ``Execute`` is (``runs_nothing``).
+        """
+        return self._lost
 
     def failed(self, error: UnavailableError) -> None:
         """Note a storage failure (logged once per degraded spell)."""
@@ -626,12 +663,14 @@ class StorageHealth:
                 if (found.st_dev, found.st_ino) == opened:
                     continue
                 why = "replaced by another file"
-            return StorageError(
+            gone = StorageError(
                 path,
                 f"the database was {why} while the executor ran, which still writes the file "
                 f"it opened, unreachable: what it records now is lost at the stop{_holding(path)}."
                 " Restart the executor (first put back a copy from a backup, if there is one)",
             )
+            self._lost = self._lost or str(gone)
+            return gone
         return None
 
     def check(self) -> None:
@@ -652,12 +691,11 @@ class StorageHealth:
             if log.path not in self._logs_reported:
                 self._logs_reported.add(log.path)
                 logger.warning(
-                    "%s: its log (%s-wal, %.1f MB) cannot be copied into it and emptied: %s; "
-                    "copying it takes up to that much free space",
+                    "%s: its log (%s-wal, %.1f MB) cannot be copied into it and emptied: %s",
                     log.path,
                     log.path.name,
                     log.log_bytes / 1e6,
-                    log.error,
+                    _why_not_emptied(log.path, log.error),
                 )
 
     def _probe_store(self) -> bool:
@@ -738,14 +776,30 @@ class StorageHealth:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(WATCH_INTERVAL_S):
                     await self._degraded.wait()
-            if not self._problem and (gone := await asyncio.to_thread(self.replaced)):
-                self.failed(gone)
+            if not self._problem and (found := await asyncio.to_thread(self._watched_problem)):
+                self.failed(found)
+
+    def _watched_problem(self) -> StorageError | None:
+        """A watched database deleted or replaced, or whose ``-shm`` this user cannot write.
+
+        The ``-shm`` is looked at too, though no write of it fails: a read or a write
+        would be refused (``sqlite_shm``), so health says so within WATCH_INTERVAL_S
+        even while nothing is written, and the probe then tries the database.
+        """
+        gone = self.replaced()
+        if gone is not None:
+            return gone
+        for path in self._opened:
+            shm = Path(f"{path}-shm")
+            if not sqlite_shm.shm_writable(str(shm)):
+                return StorageError(path, f"disk I/O error: {_cannot_write(shm)}")
+        return None
 
 
 def _probe_connection(path: str) -> sqlite3.Connection | None:
     """A connection to the existing database at ``path`` for a probe; None when it opens none."""
     try:
-        return sqlite3.connect(
+        return sqlite_shm.connect(
             Path(path).absolute().as_uri() + "?mode=rw",
             uri=True,
             timeout=LOCK_PROBE_TIMEOUT_S,

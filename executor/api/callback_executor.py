@@ -19,7 +19,7 @@ from executor.errors import PermissionDeniedError, UnavailableError
 from executor.model import Invocation, Limits
 from executor.policies import PolicySet
 from executor.runs.invocation_ids import IdGate, InvocationIds
-from executor.storage import StorageHealth
+from executor.storage import StorageHealth, runs_nothing
 from executor.triggers.evaluate import JobPlace
 from executor.triggers.parser import is_label
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
@@ -93,7 +93,7 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         del request
         if self._storage is not None and (problem := self._storage.problem):
             # Its effects would happen and its result be lost: a retry would repeat them.
-            raise UnavailableError(_cannot_record(problem))
+            raise UnavailableError(runs_nothing(problem))
         # The id's checks (in a fleet, its claim) wait until the run is about to start.
         gate = IdGate(self._ids, invocation) if named_id and self._ids is not None else None
         try:
@@ -126,10 +126,6 @@ class CallbackExecutorServicer(executor_pb2_grpc.CallbackExecutorServiceServicer
         return dataclasses.replace(invocation, event=event.resolved(owner))
 
 
-def _cannot_record(problem: str) -> str:
-    return f"the executor cannot record results now, so it runs nothing: {problem}"
-
-
 def _checked_again(gate: IdGate | None, storage: StorageHealth | None) -> Callable[[], None] | None:
     """``gate``, after the door's checks of the caller's unread answers and of the storage.
 
@@ -148,7 +144,7 @@ def _checked_again(gate: IdGate | None, storage: StorageHealth | None) -> Callab
         if room is not None:
             room.check()
         if storage is not None and (problem := storage.problem):
-            raise UnavailableError(_cannot_record(problem))
+            raise UnavailableError(runs_nothing(problem))
         if gate is not None:
             gate()
 

@@ -32,6 +32,7 @@ from typing import Final, Protocol
 
 import grpc
 
+from executor import sqlite_shm
 from executor.api import private_socket
 from executor.api.server_start import start_whole
 from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS
@@ -214,6 +215,7 @@ async def start(
             checkpoints=functools.partial(
                 BackgroundCheckpoints, busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S
             ),
+            connect=sqlite_shm.connect,
         )
     except sqlite3.Error as err:  # damage, or the storage under it: the refusal says which
         raise ConfigError(unusable(path, err)) from err

@@ -48,6 +48,7 @@ from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from executor import sqlite_shm
 from executor.model import (
     ActionRecord,
     Event,
@@ -396,7 +397,7 @@ class RunHistory:
             self._checkpoints = BackgroundCheckpoints(db, path)
             # The repeated-id check's reads, on the event loop: in WAL mode a connection
             # of their own never waits for the bookkeeping thread's writes.
-            self._reader = sqlite3.connect(
+            self._reader = sqlite_shm.connect(
                 self._path, isolation_level=None, check_same_thread=False
             )
         try:

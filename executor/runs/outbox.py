@@ -841,9 +841,16 @@ class Outbox:
                 self._forget_written_soon()
 
     async def flush(self, timeout_s: float) -> bool:
-        """Wait until nothing is pending, at most ``timeout_s``; True when drained."""
-        if not self.pending():
-            return True
+        """Wait until nothing is pending, at most ``timeout_s``; True when drained.
+
+        False at once when the outbox cannot be read (its ``-shm`` made immutable, say):
+        nothing is known drained, and the stop goes on.
+        """
+        try:
+            if not self.pending():
+                return True
+        except UnavailableError:
+            return False
         try:
             async with asyncio.timeout(timeout_s):  # not wait_for: it can swallow a cancel
                 await self._drained.wait()

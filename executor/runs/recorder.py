@@ -548,9 +548,9 @@ class Recorder:
             gone = self._health.replaced(among=outbox_file) if self._health is not None else None
             if gone is not None:
                 logger.error(
-                    "stopping with %d results not yet delivered, lost unless the file now at "
+                    "stopping with %s not yet delivered, lost unless the file now at "
                     "the outbox's path is a copy of the one written: %s",
-                    self.outbox.pending(),
+                    _pending_at_stop(self.outbox),
                     gone.cause,
                 )
             else:
@@ -561,7 +561,7 @@ class Recorder:
                     else "they go out after the next start"
                 )
                 logger.warning(
-                    "stopping with %d results not yet delivered; %s", self.outbox.pending(), later
+                    "stopping with %s not yet delivered; %s", _pending_at_stop(self.outbox), later
                 )
         self._writer.close()
         # A read still waiting for the writer ends now that it has written (or given up).
@@ -569,6 +569,14 @@ class Recorder:
         if self.outbox is not None:
             await self.outbox.close()
         self.history.close()
+
+
+def _pending_at_stop(outbox: Outbox) -> str:
+    """How many results ``outbox`` still holds, for the stop's line; said so when unreadable."""
+    try:
+        return f"{outbox.pending()} results"
+    except UnavailableError as err:  # its -shm made immutable, say: the stop goes on
+        return f"an unknown number of results ({err})"
 
 
 async def _until_retry(

@@ -53,6 +53,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, NamedTuple
 
+from executor import sqlite_shm
 from executor.sqlite_codes import SQLITE_BUSY, primary_code
 
 logger = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class BackgroundCheckpoints:
     def _pass(self, mode: str) -> tuple[int, int, int]:
         """One checkpoint pass on our connection: (busy, pages in the log, pages copied)."""
         if self._connection is None:
-            self._connection = sqlite3.connect(
+            self._connection = sqlite_shm.connect(
                 self._path, timeout=self._busy_timeout_s, isolation_level=None
             )
         busy, log, copied = self._connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
@@ -240,7 +241,7 @@ def empty_logs(paths: Iterable[Path], *, busy_timeout_s: float) -> list[LogNotEm
     not_emptied = []
     for size, path in sorted(logs):
         try:
-            db = sqlite3.connect(
+            db = sqlite_shm.connect(
                 path.absolute().as_uri() + "?mode=rw", uri=True, timeout=busy_timeout_s
             )
             try:

@@ -807,7 +807,9 @@ class TriggerEngine:
         A job of tens of thousands of callbacks parses, checks and writes for seconds;
         meanwhile the loop answers every other call. Registrations wait their turn here,
         not on a thread each (the default executor's threads also apply the events).
+        Refused, nothing stored, while a database is lost (``TriggerStore.refuse_while_lost``).
         """
+        self._store.refuse_while_lost()
         async with self._registering:
             registration, firings = await asyncio.to_thread(
                 self._stored_registration, job, strict, published
@@ -1187,12 +1189,14 @@ class TriggerEngine:
             Per event, the callbacks it fired and whether it was a repeat.
 
         Raises:
-            UnavailableError: the engine is closing (nothing was applied).
+            UnavailableError: the engine is closing, or a database is lost (nothing was
+                applied: ``TriggerStore.refuse_while_lost``).
             EventIdReusedError: an event's id was first used for another event (nothing
                 was applied); its ``index`` is the event's in ``events``.
         """
         if self._firings.closed:
             raise UnavailableError("the trigger engine is stopping; publish the events again")
+        self._store.refuse_while_lost()
         with _reuse_logged():
             applied = await self._group.submit(events, self._applied)
         return [(decision.fired, duplicate) for decision, duplicate in applied]
@@ -1246,11 +1250,13 @@ class TriggerEngine:
 
         Raises:
             UnavailableError: the engine is closing (the event was not applied, unless it
-                was while a ``wait`` publisher waited: its firings then run at restart).
+                was while a ``wait`` publisher waited: its firings then run at restart), or
+                a database is lost (not applied: ``TriggerStore.refuse_while_lost``).
             EventIdReusedError: its id was first used for another event (not applied).
         """
         if self._firings.closed:
             raise UnavailableError("the trigger engine is stopping; publish the event again")
+        self._store.refuse_while_lost()
 
         def queued(
             applied: list[tuple[Decision, bool]],

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
+from executor import sqlite_shm
 from executor.errors import UnavailableError
 from executor.sql import Db
 
@@ -38,7 +39,7 @@ def sqlite_reader(path: str) -> Callable[[], Db]:
     """How to open a read-only connection to the SQLite store at ``path`` (checked open)."""
 
     def connect() -> Db:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db = sqlite_shm.connect(path, isolation_level=None, check_same_thread=False)
         db.row_factory = sqlite3.Row
         db.execute("PRAGMA query_only = ON")  # a reader that writes is a bug: refused
         return db

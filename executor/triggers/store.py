@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
+from executor.errors import UnavailableError
 from executor.fleet_clock import FleetClock
 from executor.model import Event
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
@@ -42,6 +43,7 @@ from executor.storage import (
     StorageHealth,
     open_database,
     reading,
+    runs_nothing,
     wait_briefly_for_locks,
     writing,
 )
@@ -428,6 +430,15 @@ class TriggerStore:
     def fleet(self) -> bool:
         """Whether this store is a fleet's PostgreSQL database."""
         return isinstance(self._db, PgDb)
+
+    def refuse_while_lost(self) -> None:
+        """Raise UnavailableError while a database is lost (``StorageHealth.lost``).
+
+        An event or registration applied then fires runs whose results, and the firings
+        themselves, would be written into a file nothing reads again.
+        """
+        if self._health is not None and (lost := self._health.lost):
+            raise UnavailableError(runs_nothing(lost))
 
     async def sound(self, at_most_s: float = 30.0) -> None:
         """Until the storage's health probe finds it takes writes again, or ``at_most_s``.

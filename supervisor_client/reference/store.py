@@ -282,6 +282,9 @@ class ReferenceSupervisor:
             log's checkpoints (told of each commit, closed before the connection):
             the executor's thread, which also keeps the log near 4 MiB. None: SQLite's
             own, on the committing thread, the log keeping its largest size.
+        connect: opens the connection, as ``sqlite3.connect`` does (the default): the
+            executor's refuses each statement while the database's ``-shm`` cannot be
+            written, which a write to SQLite's mapping of it would meet as SIGBUS.
     """
 
     def __init__(
@@ -300,6 +303,7 @@ class ReferenceSupervisor:
         storage_errors: Callable[[], AbstractContextManager[None]] = nullcontext,
         busy_timeout_s: float = 5.0,
         checkpoints: Callable[[sqlite3.Connection, str], Checkpoints] | None = None,
+        connect: Callable[..., sqlite3.Connection] = sqlite3.connect,
     ) -> None:
         self._admins = frozenset(admins)
         self._checkpoints: Checkpoints | None = None
@@ -311,7 +315,7 @@ class ReferenceSupervisor:
         self._lock = threading.RLock()
         # The changes of the transaction open on the thread holding ``_lock`` (together()).
         self._open_changes: _Changes | None = None
-        self._db = sqlite3.connect(path, timeout=5.0, check_same_thread=False)
+        self._db = connect(path, timeout=5.0, check_same_thread=False)
         try:
             self._open(
                 path,

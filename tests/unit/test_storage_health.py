@@ -14,6 +14,7 @@ import pytest
 
 from executor import storage
 from executor.storage import DatabaseLocked, StorageError, StorageHealth, writing
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.unit
 
@@ -227,3 +228,48 @@ async def test_a_database_deleted_while_degraded_is_said_instead(
     finally:
         prober.cancel()
         await asyncio.gather(prober, return_exceptions=True)
+
+
+async def test_a_shm_made_immutable_degrades_it_within_a_watch_until_it_is_writable(
+    database: tuple[sqlite3.Connection, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Probe 141: SQLite writes the -shm through a memory map, which ext4 refuses an
+    # immutable file with SIGBUS; every statement is refused then (sqlite_shm), and
+    # health says so even while nothing is written.
+    db, path = database
+    db.execute("INSERT INTO t VALUES (1)")
+    shm = Path(f"{path}-shm")
+    monkeypatch.setattr(storage, "WATCH_INTERVAL_S", 0.05)
+    monkeypatch.setattr(storage, "PROBE_INTERVAL_S", 0.05)
+    health = StorageHealth(path.parent)
+    health.watch([path])
+    prober = asyncio.get_running_loop().create_task(health.probe_forever())
+    try:
+        with immutable(shm):
+            assert await eventually(lambda: health.problem, 5)
+            assert health.problem == (
+                f"cannot write {path}: disk I/O error: this user cannot write outbox.db-shm "
+                "(its mode, or chattr +i); the executor's data dir needs attention"
+            )
+            await asyncio.sleep(0.3)  # probes that find the data dir writable
+            assert health.problem, "the database's -shm still cannot be written"
+        async with asyncio.timeout(5):
+            await health.sound()
+    finally:
+        prober.cancel()
+        await asyncio.gather(prober, return_exceptions=True)
+
+
+def test_a_log_not_emptied_for_an_immutable_file_says_so_not_free_space(
+    database: tuple[sqlite3.Connection, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Probe 141: the warning for an immutable -wal told the admin to free disk space.
+    db, path = database
+    db.execute("INSERT INTO t VALUES (1)")
+    health = StorageHealth(path.parent)
+    with immutable(Path(f"{path}-wal")):
+        health.check()
+    said = [r.getMessage() for r in caplog.records if "cannot be copied into it" in r.getMessage()]
+    assert len(said) == 1, caplog.text
+    assert said[0].endswith(": this user cannot write outbox.db-wal (its mode, or chattr +i)")
+    assert "free space" not in said[0]
