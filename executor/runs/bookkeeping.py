@@ -173,6 +173,20 @@ class BookkeepingWriter:
             finally:
                 self._waiting_readers -= 1
 
+    def wait_written(self, invocation_id: str, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+        """Wait until no run under ``invocation_id`` is queued or being written; False on timeout.
+
+        What a resend of the id waits for before its outbox row replaces the earlier run's
+        (``Recorder``). The pause for other runs to join ends now, as for a reader.
+        """
+        with self._changed:
+            self._waiting_readers += 1
+            self._changed.notify_all()
+            try:
+                return self._changed.wait_for(lambda: invocation_id not in self._pending, timeout_s)
+            finally:
+                self._waiting_readers -= 1
+
     def observe_pending(self) -> None:
         """Count the runs queued so far in the metrics, now (on any thread; never waits for a write)."""
         with self._observing:

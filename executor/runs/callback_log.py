@@ -142,6 +142,11 @@ def _fitted(texts: list[_Text], max_bytes: int) -> Iterator[tuple[_Text, str]]:
         yield text, written
 
 
+def entry_stamp(when: float) -> str:
+    """The time an entry's header shows for a run that ended at ``when`` (Unix time)."""
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+
+
 def format_entry(
     invocation: Invocation, result: RunResult, when: float, max_bytes: int | None = None
 ) -> str:
@@ -153,7 +158,7 @@ def format_entry(
     ``max_bytes``, an entry larger than that is cut to it (see the module docstring):
     the header and section lines always stay, so a cap smaller than they are is passed.
     """
-    stamp = datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds")
+    stamp = entry_stamp(when)
     callback = invocation.callback
     header = (
         # The name may be a universal file's, which its admin chose: a control character
@@ -256,18 +261,20 @@ class CallbackLog:
                 os.close(fd)
         return path
 
-    def logged(self, job_id: int) -> set[str]:
-        """The invocation ids with an entry in the job's log (its rotated generation too).
+    def logged(self, job_id: int) -> set[tuple[str, str]]:
+        """The runs with an entry in the job's log (its rotated generation too).
 
-        Read at start-up only (``recovery``), for the few runs a crash left unrecorded: a
-        header line is the only line that starts with "=== " (a callback's own are escaped).
+        Each as its invocation id and its header's time (``entry_stamp``): the runs of one
+        id (a resend's) are told apart by when they ended. Read at start-up only
+        (``recovery``), for the few runs a crash left unrecorded: a header line is the
+        only line that starts with "=== " (a callback's own are escaped).
         """
         name = self._path(job_id).name
-        ids: set[str] = set()
+        runs: set[tuple[str, str]] = set()
         try:
             directory = open_tree(self._root, _directories(job_id), DIRECTORY_MODE, make=False)
         except FileNotFoundError:
-            return ids
+            return runs
         with directory:
             for generation in (name + ".1", name):
                 try:
@@ -278,10 +285,11 @@ class CallbackLog:
                     text = file.read()
                 for line in text.splitlines():
                     if line.startswith("=== "):
+                        stamp = line[4:].partition(" ")[0]
                         _, found, rest = line.partition(" invocation=")
                         if found:
-                            ids.add(rest.partition(" policy=")[0])
-        return ids
+                            runs.add((rest.partition(" policy=")[0], stamp))
+        return runs
 
     def _path(self, job_id: int) -> Path:
         path = self._paths.get(job_id)

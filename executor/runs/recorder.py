@@ -4,7 +4,8 @@ Order matters: the outbox commit comes first, before the caller gets its answer,
 once any trace of a run exists the supervisor is sure to hear of it. The row carries the
 run's notes (``run_notes``) until the bookkeeping thread has committed its history
 record (it then tells the outbox, which drops them), so a start-up after a ``kill -9``
-in between rebuilds it (``recovery``), and nothing else. In a fleet, a fired
+in between rebuilds it (``recovery``), and nothing else; a later run of the id, whose
+row replaces that row, waits for the writer to write the earlier run first. In a fleet, a fired
 run is recorded only while its replica's claim on the firing holds (fencing: see
 ``_record_claimed``). The other sinks
 are bookkeeping, written by one thread (``bookkeeping.BookkeepingWriter``): off the
@@ -28,7 +29,7 @@ from executor.config import Settings
 from executor.errors import TakenOverError, UnavailableError
 from executor.model import Invocation, RunResult
 from executor.runs import run_notes
-from executor.runs.bookkeeping import BookkeepingWriter
+from executor.runs.bookkeeping import FLUSH_TIMEOUT_S, BookkeepingWriter
 from executor.runs.callback_log import CallbackLog
 from executor.runs.callback_log_space import CallbackLogSpace
 from executor.runs.history import RunHistory, RunIdentity
@@ -110,6 +111,8 @@ class Recorder:
         self._owed: set[asyncio.Task[bool]] = set()
         self._recovery_owed = recovery_owed
         self._recovering: asyncio.Task[None] | None = None
+        # Runs waiting for the writer to write their id's earlier run first.
+        self._after_earlier: set[asyncio.Task[None]] = set()
         self._claims: ClaimsGivenBack | None = None
         self._unrecorded: Callable[[Invocation, str], None] | None = None
         # A run's outbox row keeps its notes until the history has committed the run.
@@ -234,6 +237,14 @@ class Recorder:
         hear of it). The bookkeeping is queued either way.
         """
         now = self._clock()
+        if self.outbox is not None and self._writer.pending(result.invocation_id) is not None:
+            return self._record_after_earlier_run(invocation, result, now)
+        return self._record(invocation, result, now)
+
+    def _record(
+        self, invocation: Invocation, result: RunResult, now: float
+    ) -> Awaitable[object] | None:
+        """``on_result``'s work, for a run that ended ``now``."""
         if invocation.claim_epoch is not None and self._claim_holds is not None:
             claim = functools.partial(
                 self._claim_holds, invocation.invocation_id, invocation.claim_epoch
@@ -271,6 +282,49 @@ class Recorder:
                 )
         self._book(invocation, result, now)
         return committed
+
+    def _record_after_earlier_run(
+        self, invocation: Invocation, result: RunResult, now: float
+    ) -> Awaitable[object]:
+        """A run whose id's earlier run the writer still holds: recorded once that one is written.
+
+        Its outbox row replaces the earlier run's, and with it the notes a start-up after
+        a kill -9 would rebuild that run's ``.cb`` entry from (probe 155): so it waits for
+        the writer to write the earlier run first (a resend answered within the writer's
+        50 ms: rare, and no other run waits). In a task of its own, so a caller gone
+        meanwhile does not leave the run unrecorded; ``close`` waits for it.
+        """
+        task = asyncio.get_running_loop().create_task(
+            self._recorded_after_earlier_run(invocation, result, now)
+        )
+        self._after_earlier.add(task)
+        task.add_done_callback(self._after_earlier_done)
+        return asyncio.shield(task)
+
+    async def _recorded_after_earlier_run(
+        self, invocation: Invocation, result: RunResult, now: float
+    ) -> None:
+        invocation_id = result.invocation_id
+        loop = asyncio.get_running_loop()
+        # The history readers' thread: it is for waits on the writer.
+        if not await loop.run_in_executor(
+            self._history_reads, self._writer.wait_written, invocation_id
+        ):
+            logger.warning(
+                "run %s: the bookkeeping of the id's earlier run is not written after %.0f s;"
+                " this run's outbox row replaces that run's now (a crash before it is written"
+                " loses that run's .cb entry)",
+                invocation_id,
+                FLUSH_TIMEOUT_S,
+            )
+        committed = self._record(invocation, result, now)
+        if committed is not None:
+            await committed
+
+    def _after_earlier_done(self, task: asyncio.Task[None]) -> None:
+        self._after_earlier.discard(task)
+        if not task.cancelled():
+            task.exception()  # its caller's to hear of, or logged by _commit already
 
     async def _record_claimed(
         self, invocation: Invocation, result: RunResult, now: float, claim: Callable[[], bool]
@@ -533,6 +587,8 @@ class Recorder:
         if self._recovering is not None:  # its notes stay for the next start
             self._recovering.cancel()
             await asyncio.gather(self._recovering, return_exceptions=True)
+        if self._after_earlier:  # the writer writes the earlier runs at once: a moment
+            await asyncio.wait(list(self._after_earlier), timeout=OWED_STOP_WAIT_S)
         if self._owed:
             self.stop_waiting()
             _, left = await asyncio.wait(list(self._owed), timeout=OWED_STOP_WAIT_S)

@@ -7,7 +7,8 @@ a clean stop drops the last ones). A ``kill -9`` in between leaves the notes and
 history record: this writes both from them, before the executor serves (so ``ListRuns``
 and the repeated-id check see the run), then drops the notes of every row read. A run's
 .cb entry is written only when its job's log lacks it (the writer puts entries before
-records). The metrics are counters in memory, lost with the process anyway.
+records): an entry of its invocation id that ended at another time is another run's (a
+resend's earlier run). The metrics are counters in memory, lost with the process anyway.
 
 Never a run the history pruned: notes can outlive their run's record only when a crash
 came between the history's commit and the outbox's, and a run that ended before the
@@ -27,7 +28,7 @@ from typing import Final
 
 from executor.errors import UnavailableError
 from executor.runs import run_notes
-from executor.runs.callback_log import CallbackLog
+from executor.runs.callback_log import CallbackLog, entry_stamp
 from executor.runs.history import RunHistory
 from executor.runs.outbox import KeptNotes, Outbox
 
@@ -95,15 +96,17 @@ def _append_unlogged(callback_log: CallbackLog, runs: list[run_notes.RunNotes]) 
     """The .cb entries of ``runs`` their job's log does not have yet.
 
     The writer appends a batch's .cb entries before its history records
-    (``bookkeeping``): a crash in between left the entries and not the records.
+    (``bookkeeping``): a crash in between left the entries and not the records. An
+    entry of the run's id with another time is an earlier run's (a resend's was written,
+    its own not yet): the run's own is written all the same.
     """
-    logged: dict[int, set[str]] = {}
+    logged: dict[int, set[tuple[str, str]]] = {}
     for run in runs:
         job_id = run.invocation.job_id
         try:
             if job_id not in logged:
                 logged[job_id] = callback_log.logged(job_id)
-            if run.result.invocation_id not in logged[job_id]:
+            if (run.result.invocation_id, entry_stamp(run.ended_at)) not in logged[job_id]:
                 callback_log.append(run.invocation, run.result, run.ended_at)
         except OSError as err:
             logger.warning(

@@ -111,3 +111,36 @@ async def _no_notes_kept(data: Path) -> bool:
     with contextlib.closing(sqlite3.connect(data / "outbox.db")) as db:
         kept = db.execute("SELECT count(*) FROM outbox WHERE notes IS NOT NULL").fetchone()[0]
     return int(kept) == 0
+
+
+async def test_a_run_whose_id_is_sent_again_at_once_keeps_its_cb_entry_after_a_kill_9(
+    tmp_path: Path,
+) -> None:
+    # Found by probe 155: the resend's outbox row replaced the first run's, and its notes
+    # with it, while the first run's bookkeeping still waited: the .cb entry of a run
+    # that was answered (its effects happened) was gone after the restart.
+    data, log = tmp_path / "data", tmp_path / "executor.log"
+    async with supervisor_endpoint(tmp_path / "supervisor.db") as endpoint:
+        async with executor_process(
+            data, endpoint.address, log, launcher=HELD_BOOKKEEPING
+        ) as first:
+            async with ExecutorClient(first.address) as client:
+                for attempt in ("first", "second"):
+                    response = await client.execute_callback(
+                        language="python",
+                        code=f"print('{attempt}')",
+                        job={"id": JOB_ID},
+                        invocation_id="resent",
+                    )
+                    assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED
+            first.sigkill()
+            assert await first.proc.wait() == -signal.SIGKILL, log.read_text()
+        async with (
+            executor_process(data, endpoint.address, log) as second,
+            ExecutorClient(second.address) as client,
+        ):
+            run = await client.get_run("resent")
+            assert run.result.stdout == "second\n", log.read_text()  # the id's record: the resend's
+    cb = (data / "logs" / "job" / "4000" / str(JOB_ID) / f"{JOB_ID}.cb").read_text()
+    assert cb.count("invocation=resent ") == 2, cb
+    assert cb.index("\nfirst\n") < cb.index("\nsecond\n"), cb

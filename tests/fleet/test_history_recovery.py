@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from executor.config import Settings
-from executor.runs import run_notes
+from executor.runs import bookkeeping, run_notes
 from executor.runs.callback_log import CallbackLog, log_path
 from executor.runs.history import RunHistory
 from executor.runs.metrics import Metrics
@@ -98,3 +98,39 @@ async def test_a_fleets_notes_go_once_its_history_has_the_run(pg_url: str, tmp_p
     assert await eventually(none_kept)
     await rec.close(flush_timeout_s=0.1)
     assert await notes_kept() == 0
+
+
+async def test_a_resends_row_waits_for_the_earlier_runs_bookkeeping(
+    either_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Probe 155: the resend's row replaces the earlier run's, notes and all. Committed
+    # while the writer still held that run, a kill -9 left nothing to rebuild its .cb
+    # entry from: the earlier run's entry is written before the resend's commit returns.
+    monkeypatch.setattr(bookkeeping, "GATHER_S", 3600.0)  # only a flush or a stop writes
+    monkeypatch.setattr(bookkeeping, "GATHER_RUNS", 10**9)
+    settings = dataclasses.replace(
+        Settings(),
+        data_dir=tmp_path,
+        log_dir=str(tmp_path / "logs"),
+        report_results=True,
+        store=either_store if either_store.startswith("postgresql") else "",
+    )
+    rec = Recorder.open(
+        settings, Metrics(), transport=Away(), encode_report=lambda inv, res, at: repr(at).encode()
+    )
+    rec.start()
+    cb = log_path(tmp_path / "logs", 7)
+    try:
+        await _answered(rec, "resent")
+        assert not cb.exists()  # held by the writer
+        resent = dataclasses.replace(result("resent"), stdout="second\n")
+        committed = rec.on_result(invocation("resent", job_id=7), resent)
+        assert committed is not None
+        await committed
+        assert cb.read_text().count("invocation=resent ") == 1  # the earlier run's
+        assert rec.outbox is not None
+        assert [row.key for row in rec.outbox.kept_notes()] == ["resent"]  # the resend's
+    finally:
+        await rec.close(flush_timeout_s=0.1)
+    text = cb.read_text()
+    assert text.count("invocation=resent ") == 2 and text.index("out\n") < text.index("second\n")

@@ -220,7 +220,8 @@ class CheckingLogFirst(CountedHistory):
 
     def record_many(self, runs: Sequence[tuple[Invocation, RunResult, float]]) -> None:
         for run, ran, _ in runs:
-            self.logged_first.append(ran.invocation_id in self.log.logged(run.job_id))
+            logged = {invocation_id for invocation_id, _ in self.log.logged(run.job_id)}
+            self.logged_first.append(ran.invocation_id in logged)
         super().record_many(runs)
 
 

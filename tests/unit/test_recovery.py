@@ -52,6 +52,28 @@ def test_a_cb_entry_written_before_the_kill_is_not_written_again(tmp_path: Path)
     assert (cb.count("invocation=logged "), cb.count("invocation=unlogged ")) == (1, 1), cb
 
 
+def test_a_resends_cb_entry_is_rebuilt_beside_the_earlier_runs(tmp_path: Path) -> None:
+    # Probe 155: the earlier run of the id was written, then the kill came before the
+    # resend's bookkeeping: an entry of the id is not the resend's (it ended at 100.0).
+    outbox = Outbox(str(tmp_path / "outbox.db"), Unreached())
+    resent = dataclasses.replace(result("resent"), stdout="second\n")
+    notes = run_notes.encode(invocation("resent", job_id=7), resent, 105.0)
+    assert outbox.put("resent", b"report", 105.0, notes)
+    history = RunHistory(tmp_path / "runs.db", retention_days=1e6, max_runs=1000)
+    log = CallbackLog(tmp_path / "logs", 1 << 20)
+    history.record(invocation("resent", job_id=7), result("resent"), 99.5)
+    log.append(invocation("resent", job_id=7), result("resent"), 100.0)
+    try:
+        assert recover_lost_bookkeeping(outbox, history, log) == 1
+        record = history.get("resent")
+        assert record is not None and record.result is not None
+        assert record.result.stdout == "second\n"
+    finally:
+        history.close()
+    cb = log_path(tmp_path / "logs", 7).read_text()
+    assert cb.count("invocation=resent ") == 2 and cb.index("out\n") < cb.index("second\n"), cb
+
+
 def test_a_damaged_row_neither_stops_the_start_nor_the_rebuild_of_others(
     tmp_path: Path,
 ) -> None:
