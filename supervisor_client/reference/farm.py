@@ -330,13 +330,10 @@ class Farm:
         if job["status"] not in _DISPATCHABLE:
             refusal = f"job {job_id} is {job['status']}; work runs only in pending or running jobs"
             return WorkChangeResult(0, tuple(names), refusal, job["status"])
-        if change == "start" and job_id in self._supervisor.preempted_job_ids():
-            refusal = (
-                f"job {job_id} is preempted: it starts no new work until its running work "
-                "has ended and it is pending again"
-            )
-            return WorkChangeResult(0, tuple(names), refusal, job["status"])
-        return self._move_frames(change, job, names, host, resultpackage, attempt)
+        preempted = job_id in self._supervisor.preempted_job_ids()
+        if change == "start" and preempted:
+            return WorkChangeResult(0, tuple(names), _preempted_job(job_id), job["status"])
+        return self._move_frames(change, job, names, host, resultpackage, attempt, preempted)
 
     def _move_frames(
         self,
@@ -346,8 +343,12 @@ class Farm:
         host: str,
         resultpackage: Mapping[str, Any] | None,
         attempt: int,
+        preempted: bool,
     ) -> WorkChangeResult:
-        """A worker's start, complete or fail of the named frames of a dispatchable job."""
+        """A worker's start, complete or fail of the named frames of a dispatchable job.
+
+        ``preempted``: the job is, so none of its pending frames starts (left alone).
+        """
         job_id = job["id"]
         items = {w["name"]: w for w in job["agenda"]}
         statuses = {name: w["status"] for name, w in items.items()}
@@ -361,7 +362,7 @@ class Farm:
             and (statuses[name] != Status.RUNNING or items[name]["count"] != attempt)
         }
         pending = [name for name in names if statuses[name] == Status.PENDING and name not in stale]
-        starts_on, not_started = self._instances_for(change, job, pending)
+        starts_on, not_started = self._instances_for(change, job, pending, preempted)
         moved: list[str] = []
         refused: dict[str, list[str]] = {}
         with self._supervisor.together():  # every frame's change, or none (a full disk)
@@ -397,7 +398,7 @@ class Farm:
         return WorkChangeResult(len(moved), tuple(names), "; ".join(parts), self.status(job_id))
 
     def _instances_for(
-        self, change: str, job: Mapping[str, Any], pending: Sequence[str]
+        self, change: str, job: Mapping[str, Any], pending: Sequence[str], preempted: bool
     ) -> tuple[dict[str, int], str]:
         """The instance each pending frame starts on, and why any does not start ("" if all do).
 
@@ -406,18 +407,33 @@ class Farm:
         frame), and when there are fewer free instances than frames, starts none of them
         (a worker's start of several frames is all or nothing). A complete or fail of a
         pending frame starts and ends it at once, leaving no two frames running on one
-        instance, so it may take a busy instance when none is free. None starts on an
-        instance that is not pending or running (ended, blocked, suspended).
+        instance, so it may take a busy instance when none is free, but not a preempted
+        one (it takes no new work). None starts on an instance that is not pending or
+        running (ended, blocked, suspended), nor in a ``preempted`` job: such frames are
+        left alone, and named, while the call's other frames change.
         """
         if not pending:
             return {}, ""
+        job_id = job["id"]
         live = [sub["id"] for sub in job["subjobs"] if sub["status"] in _DISPATCHABLE]
         if not live:
             return {}, self._no_instance_to_start_on(job, pending)
-        running = self._supervisor.running_work_by_instance(job["id"])
+        if preempted:
+            return {}, f"work {job_id}:{','.join(pending)} not started: {_preempted_job(job_id)}"
+        running = self._supervisor.running_work_by_instance(job_id)
         free = self._idle_instances(job, running)
         if change != "start":
-            return dict.fromkeys(pending, (free or live)[0]), ""
+            # A preempted instance is busy until its frame ends: only a busy one may be.
+            held = self._supervisor.preempted_instances(job_id) if not free else set()
+            takers = free or [subid for subid in live if subid not in held]
+            if not takers:
+                listed = ", ".join(f"{job_id}.{subid}" for subid in live)
+                return {}, (
+                    f"work {job_id}:{','.join(pending)} not started: the instances of job "
+                    f"{job_id} that could take it ({listed}) are preempted: they take no new "
+                    "work until their running work has ended"
+                )
+            return dict.fromkeys(pending, takers[0]), ""
         if len(free) < len(pending):
             return {}, self._no_free_instance(job, pending, free, running)
         return dict(zip(pending, free, strict=False)), ""
@@ -505,6 +521,13 @@ class Farm:
 _TARGET: Final = {"start": Status.RUNNING, "complete": Status.COMPLETE, "fail": Status.FAILED}
 #: The worker's changes that end the attempt it took (and may name it).
 _ENDS: Final = ("complete", "fail")
+
+
+def _preempted_job(job_id: int) -> str:
+    return (
+        f"job {job_id} is preempted: it starts no new work until its running work has ended "
+        "and it is pending again"
+    )
 
 
 def _holding(item: Mapping[str, Any]) -> str:

@@ -89,6 +89,8 @@ DEFAULT_ADMINS: Final = frozenset({"root", "admin"})
 # Names in one ``IN`` list: well under SQLite's bound on a statement's parameters
 # (999 before SQLite 3.32).
 _NAMES_PER_QUERY: Final = 500
+#: How a history line names what a verb bringing an instance back did to it.
+_DONE: Final = {"retry": "retried", "requeue": "requeued"}
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -987,6 +989,14 @@ class ReferenceSupervisor:
             row = self._db.execute("SELECT 1 FROM work WHERE job_id = ? LIMIT 1", (job_id,))
             return row.fetchone() is not None
 
+    def preempted_instances(self, job_id: int) -> set[int]:
+        """The job's instances preempted while running work: they take no new work."""
+        with self._using_db():
+            rows = self._db.execute(
+                "SELECT id FROM subjobs WHERE job_id = ? AND preempted", (job_id,)
+            )
+            return {row[0] for row in rows}
+
     def busy_instances(self, job_id: int) -> set[int]:
         """The job's instances running one of its items (none for an unknown job)."""
         with self._using_db():
@@ -1171,7 +1181,10 @@ class ReferenceSupervisor:
         """After work changed: let the agenda decide the job's status (states.derive_job_status).
 
         A preempted job (still running) then releases the instances its ended work
-        leaves idle, and goes pending once none of its work runs.
+        leaves idle, and goes pending once none of its work runs. A running job none of
+        whose instances runs (or is paused) any more, as instance verbs and an instance's
+        preempt leave it, goes pending too, as the job-level interrupt leaves it: its next
+        dispatch is a new start, and fires ``running-job`` again.
         """
         self._release_preempted_instances(changes, job_id)
         job = self._job_row(job_id)
@@ -1185,6 +1198,17 @@ class ReferenceSupervisor:
             changes.note(job_id, f"[job] {current} -> {new} (from its agenda)")
         elif job["preempted"]:
             self._release_preempted(changes, job_id)
+        elif current == Status.RUNNING and not self._instance_runs(job_id):
+            self._set_job_status(changes, job_id, Status.PENDING)
+            changes.note(job_id, "[job] running -> pending (none of its instances runs)")
+
+    def _instance_runs(self, job_id: int) -> bool:
+        """Whether an instance of the job is running or paused (suspended): one row's seek."""
+        row = self._db.execute(
+            "SELECT 1 FROM subjobs WHERE job_id = ? AND status IN (?, ?) LIMIT 1",
+            (job_id, Status.RUNNING, Status.SUSPENDED),
+        ).fetchone()
+        return row is not None
 
     def _agenda_statuses(self, job_id: int) -> list[str]:
         """Which statuses a job's agenda holds: all the job status rule asks.
@@ -1202,6 +1226,11 @@ class ReferenceSupervisor:
             (job_id,),
         )
         return [row[0] for row in rows]
+
+    def _agenda_ended(self, job_id: int) -> bool:
+        """Whether the job has an agenda and every frame of it has ended."""
+        held = self._agenda_statuses(job_id)
+        return bool(held) and all(is_terminal(status) for status in held)
 
     def _release_preempted(self, changes: _Changes, job_id: int) -> None:
         """A preempted job's instances with no running item go pending; the job too, once none runs."""
@@ -1423,6 +1452,10 @@ class ReferenceSupervisor:
         instances can run any more (``_end_with_instances``). Raises NoSuchJobError for
         an unknown job or instance, PermissionDeniedError. Numbered actions are applied
         once, as ``job_action``'s.
+
+        An instance brought back from an ended status (retry, requeue) in a job that has
+        ended reopens the job (pending), as a retried frame does; when the job has no frame
+        left to run (every one ended), the instance is left alone and the answer says so.
         """
         rule = subjob_rule(verb)
 
@@ -1441,10 +1474,22 @@ class ReferenceSupervisor:
                 raise NoSuchJobError(f"job {job_id} has no instance {', '.join(unknown)}")
             messages: list[str] = []
             changed = 0
+            reopens = is_terminal(job["status"]) and not is_terminal(str(rule.target))
+            nothing_to_run = reopens and self._agenda_ended(job_id)
+            revived: list[int] = []
             for subid in wanted:
                 sub = instances[subid]
                 refusal = rule.refusal(f"instance {job_id}.{subid}", sub["status"])
                 its_work = _names(job_id, running.get(subid, []))
+                if refusal is None and reopens and is_terminal(sub["status"]):
+                    if nothing_to_run:
+                        refusal = (
+                            f"instance {job_id}.{subid} is {sub['status']} and its job {job_id} "
+                            f"is {job['status']} with no frame left to run: retry the job, or "
+                            "one of its frames"
+                        )
+                    else:
+                        revived.append(subid)
                 if refusal is None and rule.passive and sub["preempted"]:
                     refusal = (
                         f"instance {job_id}.{subid} is already preempted: it goes "
@@ -1476,6 +1521,13 @@ class ReferenceSupervisor:
                 f"{_origin(invocation_id)} subjob{verb} by {actor}: {result.message}",
                 invocation_id,
             )
+            if revived:
+                self._set_job_status(changes, job_id, Status.PENDING)
+                listed = ", ".join(f"{job_id}.{subid}" for subid in revived)
+                changes.note(
+                    job_id,
+                    f"[job] {job['status']} -> pending (instance {listed} {_DONE.get(verb, verb)})",
+                )
             if changed:
                 self._derive_job_status(changes, job_id)
                 self._end_with_instances(changes, job_id)

@@ -742,3 +742,24 @@ async def test_a_workers_end_of_a_frame_taken_from_it_is_left_alone(stack_warm: 
             job_id=1, work=["1"], change="complete", host="other", attempt=2
         )
         assert (done.changed, done.job_status) == (1, "complete")
+
+
+async def test_a_preempted_jobs_pending_frame_is_left_alone_with_exit_1(
+    stack_warm: Stack,
+) -> None:
+    """Probe 156 finding 1: its running frame's end in the same call is not lost (was exit 3)."""
+    address = stack_warm.address
+    stack_warm.supervisor.submit([{"name": "p", "cpus": 2, "agenda": ["1", "2", "3"]}])
+    assert (await cbexec("farm", "start", "1:1-2", address=address)).code == 0
+    owner = stack_warm.supervisor.job(1)["user"]
+    assert stack_warm.supervisor.job_action("preempt", 1, owner).changed == 1  # qb.preempt
+
+    done = await cbexec("farm", "complete", "1:1,3", address=address)
+
+    assert (done.code, done.out.strip()) == (
+        1,
+        "work 1:1 -> complete; work 1:3 not started: job 1 is preempted: it starts no new "
+        "work until its running work has ended and it is pending again",
+    )
+    agenda = stack_warm.supervisor.job(1)["agenda"]
+    assert [w["status"] for w in agenda] == ["complete", "running", "pending"]

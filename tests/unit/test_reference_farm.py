@@ -717,3 +717,134 @@ def test_a_job_without_agenda_counts_its_starts_as_attempts(farm: Farm) -> None:
     assert farm.status(job_id) == "running"
     assert farm.change_work("complete", job_id, [], attempt=2).changed == 1
     assert farm.status(job_id) == "complete"
+
+
+def two_frames_running(farm: Farm) -> int:
+    """A job of 2 instances and frames 1-3: frames 1 and 2 running, on 0 and 1."""
+    (job,) = farm.submit([{"name": "p", "user": "alice", "agenda": ["1", "2", "3"], "cpus": 2}])
+    job_id = int(job["id"])
+    assert farm.change_work("start", job_id, ["1", "2"]).changed == 2
+    return job_id
+
+
+@pytest.mark.parametrize("change", ["complete", "fail"])
+def test_a_preempted_jobs_pending_frame_is_left_alone_and_the_others_change(
+    farm: Farm, change: str
+) -> None:
+    # `cbexec farm complete J:1,3` on a preempted job refused the whole call as
+    # INVALID_ARGUMENT, losing frame 1's end with frame 3's start.
+    job_id = two_frames_running(farm)
+    farm.change_job("preempt", job_id)
+
+    result = farm.change_work(change, job_id, ["1", "3"])
+
+    ended = "complete" if change == "complete" else "failed"
+    assert (result.changed, result.message) == (
+        1,
+        f"work {job_id}:1 -> {ended}; work {job_id}:3 not started: job {job_id} is preempted: "
+        "it starts no new work until its running work has ended and it is pending again",
+    )
+    assert statuses(farm, job_id) == {"1": ended, "2": "running", "3": "pending"}
+
+
+def test_a_pending_frame_is_not_ended_on_a_preempted_instance(farm: Farm) -> None:
+    job_id = two_frames_running(farm)
+    farm.supervisor.subjob_action("preempt", job_id, [0, 1], "alice")
+
+    result = farm.change_work("complete", job_id, ["1", "3"])
+
+    assert (result.changed, result.message) == (
+        1,
+        f"work {job_id}:1 -> complete; work {job_id}:3 not started: the instances of job "
+        f"{job_id} that could take it ({job_id}.0, {job_id}.1) are preempted: they take no "
+        "new work until their running work has ended",
+    )
+    assert statuses(farm, job_id) == {"1": "complete", "2": "running", "3": "pending"}
+    # With one instance preempted the other takes the frame, started and ended at once.
+    job_id = two_frames_running(farm)
+    farm.supervisor.subjob_action("preempt", job_id, [0], "alice")
+    assert farm.change_work("complete", job_id, ["3"]).changed == 1
+    assert running_on(farm, job_id) == {"1": 0, "2": 1}
+
+
+@pytest.mark.parametrize("verb", ["interrupt", "block", "migrate"])
+def test_a_job_none_of_whose_instances_runs_is_pending_and_fires_running_again(
+    farm: Farm, events: list[Transition], verb: str
+) -> None:
+    job_id = two_frames_running(farm)
+
+    result = farm.supervisor.subjob_action(verb, job_id, [], "alice")
+
+    assert result.changed == 2
+    assert farm.status(job_id) == "pending"  # as the job-level interrupt leaves it
+    assert statuses(farm, job_id) == {"1": "pending", "2": "pending", "3": "pending"}
+    history = [line["text"] for line in farm.history(job_id)]
+    assert "[job] running -> pending (none of its instances runs)" in history
+    if verb == "block":
+        farm.supervisor.subjob_action("unblock", job_id, [], "alice")
+    events.clear()
+    assert farm.take_work("node1") is not None
+    assert Transition("running", "job", job_id) in events  # a new start
+
+
+def test_a_job_whose_last_preempted_instance_is_released_is_pending(farm: Farm) -> None:
+    job_id = two_frames_running(farm)
+    farm.supervisor.subjob_action("preempt", job_id, [0, 1], "alice")
+    farm.change_work("complete", job_id, ["1"])
+    assert farm.status(job_id) == "running"  # instance 1 still runs frame 2
+
+    farm.change_work("complete", job_id, ["2"])
+
+    assert farm.status(job_id) == "pending"
+    assert [sub["status"] for sub in farm.job(job_id)["subjobs"]] == ["pending", "pending"]
+
+
+def test_an_instance_retry_reopens_an_ended_job_with_work_left(
+    farm: Farm, events: list[Transition]
+) -> None:
+    (job,) = farm.submit([{"name": "r", "user": "alice", "agenda": ["1", "2"], "cpus": 2}])
+    job_id = int(job["id"])
+    farm.change_job("kill", job_id)
+
+    result = farm.supervisor.subjob_action("retry", job_id, [0], "alice")
+
+    assert (result.changed, farm.status(job_id)) == (1, "pending")
+    assert [sub["status"] for sub in farm.job(job_id)["subjobs"]] == ["pending", "killed"]
+    history = [line["text"] for line in farm.history(job_id)]
+    assert f"[job] killed -> pending (instance {job_id}.0 retried)" in history
+    taken = farm.take_work("node1")
+    assert taken is not None and (taken.job_id, taken.work_name) == (job_id, "1")
+    farm.change_work("complete", job_id, ["1"])
+    farm.change_work("complete", job_id, ["2"])
+    assert farm.status(job_id) == "complete"  # from its agenda, as ever
+
+
+def test_an_instance_retry_of_an_ended_job_with_no_frame_left_changes_nothing(
+    farm: Farm,
+) -> None:
+    (job,) = farm.submit([{"name": "r", "user": "alice", "agenda": ["1"]}])
+    job_id = int(job["id"])
+    farm.change_work("start", job_id, ["1"])
+    farm.supervisor.subjob_action("kill", job_id, [0], "alice")
+    assert farm.status(job_id) == "killed"
+
+    result = farm.supervisor.subjob_action("retry", job_id, [0], "alice")
+
+    assert (result.changed, result.message) == (
+        0,
+        f"instance {job_id}.0 is killed and its job {job_id} is killed with no frame left to "
+        f"run: retry the job, or one of its frames",
+    )
+    assert [sub["status"] for sub in farm.job(job_id)["subjobs"]] == ["killed"]
+
+
+def test_an_instance_retry_reopens_an_ended_job_without_an_agenda(farm: Farm) -> None:
+    (job,) = farm.submit([{"name": "n", "user": "alice"}])
+    job_id = int(job["id"])
+    farm.change_job("kill", job_id)
+
+    assert farm.supervisor.subjob_action("retry", job_id, [0], "alice").changed == 1
+
+    assert farm.status(job_id) == "pending"
+    taken = farm.take_work("node1")
+    assert taken is not None and taken.job_id == job_id
