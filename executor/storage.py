@@ -861,7 +861,7 @@ def _write_mark(path: Path | str) -> None:
     immutable file (SQLite opens it read-only), another mode, or failing I/O refuses it,
     and another connection's write lock held past ``LOCK_PROBE_TIMEOUT_S``.
     """
-    db = sqlite3.connect(
+    db = sqlite_shm.connect(  # guarded as every connection of the process (sqlite_shm)
         Path(path).absolute().as_uri() + "?mode=rw",
         uri=True,
         timeout=LOCK_PROBE_TIMEOUT_S,
