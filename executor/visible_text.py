@@ -51,11 +51,14 @@ from typing import Final
 # default-ignorable code point (DerivedCoreProperties.txt), bar U+200C and U+200D (the
 # module doc says why), with the line and paragraph separators. U+FE0E/U+FE0F are in it
 # and kept where they show (``_shows``).
-_HIDDEN_BMP: Final = (
+_PRESENTATION: Final = "\ufe0e\ufe0f"
+# The BMP part but those two: always escaped, whatever is next to them.
+_ALWAYS_HIDDEN_BMP: Final = (
     "\xad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u17b4\u17b5"
-    "\u180b-\u180f\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff"
+    "\u180b-\u180f\u200b\u200e\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0d\ufeff"
     "\uffa0\ufff0-\ufffb"
 )
+_HIDDEN_BMP: Final = _ALWAYS_HIDDEN_BMP + _PRESENTATION
 _HIDDEN_ASTRAL: Final = re.compile(
     "[\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
     "\U000e0000-\U000e0fff]"
@@ -66,17 +69,31 @@ _HIDDEN_ONLY: Final = re.compile(f"[{_HIDDEN_BMP}]|{_HIDDEN_ASTRAL.pattern}")
 # three times as long to search 16 MiB of ASCII output (0.17 s) as one range does.
 _ANY_ASTRAL: Final = "\U00010000-\U0010ffff"
 _CAUGHT: Final = _HIDDEN_BMP + _ANY_ASTRAL
+# What may be left as it is, by what is next to it or by which it is (``_escape``).
+_MAYBE_SHOWN: Final = re.compile(f"[{_PRESENTATION}{_ANY_ASTRAL}]")
+# A run of ``_escape_run``'s: each character that may be shown, or a run of the others.
+_RUN_PIECES: Final = re.compile(f"{_MAYBE_SHOWN.pattern}|[^{_PRESENTATION}{_ANY_ASTRAL}]+")
 
-_SHOWN_ESCAPED: Final = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_CAUGHT}]|\r(?!\n)")
+
+def _runs_of(one: str) -> re.Pattern[str]:
+    """A pattern of runs of what ``one`` matches: each is escaped at once (``_escape_run``).
+
+    One character at a time, a Python call each, 16 MiB of control characters took ~20 s
+    to escape. Not ``one+``: that takes text with nothing to escape twice as long to search.
+    """
+    return re.compile(f"{one}(?:{one})*")
+
+
+_SHOWN_ESCAPED: Final = _runs_of(f"(?:[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f{_CAUGHT}]|\r(?!\n))")
 
 # ``visible``'s set, with the tab, the newline and a CR before one: text that stays on a line.
-_SHOWN_ESCAPED_IN_A_LINE: Final = re.compile(f"[\x00-\x1f\x7f-\x9f{_CAUGHT}]")
+_SHOWN_ESCAPED_IN_A_LINE: Final = _runs_of(f"[\x00-\x1f\x7f-\x9f{_CAUGHT}]")
 
 # ``visible_line``'s set but the tab and the newline (a carriage return before one is
 # escaped too): text whose only line break is the newline, a ``.cb`` log's body. One
 # character class, no lookahead as ``visible``'s: 16 MiB of output with nothing to
 # escape is searched in ~0.06 s, half ``visible``'s time.
-_SHOWN_ESCAPED_BUT_LINES: Final = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_CAUGHT}]")
+_SHOWN_ESCAPED_BUT_LINES: Final = _runs_of(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_CAUGHT}]")
 
 # The symbols an emoji presentation selector follows where it shows: the blocks of
 # Unicode's emoji-variation-sequences.txt (a few more symbols, which it leaves alone).
@@ -84,7 +101,6 @@ _EMOJI_SYMBOL: Final = re.compile(
     "[\xa9\xae\u203c\u2049\u2122\u2139\u2194-\u2199\u21a9\u21aa\u231a-\u23ff\u24c2"
     "\u25aa-\u27bf\u2934\u2935\u2b05-\u2b55\u3030\u303d\u3297\u3299\U0001f000-\U0001faff]"
 )
-_PRESENTATION: Final = "\ufe0e\ufe0f"
 _KEYCAP: Final = "\u20e3"
 
 
@@ -113,6 +129,43 @@ def _escape(match: re.Match[str]) -> str:
     return _code(char)
 
 
+# What ``unicode_escape`` writes other than as ``repr`` writes a character it does not show.
+_NAMED_ESCAPES: Final = (
+    ("\t", "\\t", "\\x09"),
+    ("\n", "\\n", "\\x0a"),
+    ("\r", "\\r", "\\x0d"),
+)
+
+
+# ``_code`` of each control character: a lone one (invalid UTF-8 output is full of them)
+# looked up, not written again.
+_LATIN1_CODES: Final = {chr(code): _code(chr(code)) for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _codes(run: str) -> str:
+    """``_code`` of each character of ``run`` (none a backslash, none above U+FFFF), in C."""
+    written = run.encode("unicode_escape").decode("ascii")
+    for char, named, code in _NAMED_ESCAPES:
+        # No backslash in the run, so each such pair is an escape's start.
+        if char in run:
+            written = written.replace(named, code)
+    return written
+
+
+def _escape_run(match: re.Match[str]) -> str:
+    """A run the patterns above matched, escaped: all at once but what may be shown (``_escape``)."""
+    run = match.group()
+    if len(run) == 1:  # most often, in text that is not all control characters
+        return _LATIN1_CODES.get(run) or _escape(match)
+    if _MAYBE_SHOWN.search(run) is None:
+        return _codes(run)
+    # Found in the whole text, so ``_shows`` sees the characters around each.
+    return "".join(
+        _escape(piece) if _MAYBE_SHOWN.fullmatch(piece.group()) else _codes(piece.group())
+        for piece in _RUN_PIECES.finditer(match.string, match.start(), match.end())
+    )
+
+
 def _hidden_places(text: str) -> set[int]:
     """Where ``text`` has a character that draws nothing and ``repr`` may leave as it is."""
     return {m.start() for m in _HIDDEN_ONLY.finditer(text) if not _shows(m)}
@@ -120,17 +173,17 @@ def _hidden_places(text: str) -> set[int]:
 
 def visible(text: str) -> str:
     """``text`` with every character that would act rather than show written as an escape."""
-    return _SHOWN_ESCAPED.sub(_escape, text)
+    return _SHOWN_ESCAPED.sub(_escape_run, text)
 
 
 def visible_line(text: str) -> str:
     """``visible``, with the line ends and tabs escaped too: a field that stays on its line."""
-    return _SHOWN_ESCAPED_IN_A_LINE.sub(_escape, text)
+    return _SHOWN_ESCAPED_IN_A_LINE.sub(_escape_run, text)
 
 
 def visible_lines(text: str) -> str:
     """``visible``, with every carriage return escaped: the newline is the only line break left."""
-    return _SHOWN_ESCAPED_BUT_LINES.sub(_escape, text)
+    return _SHOWN_ESCAPED_BUT_LINES.sub(_escape_run, text)
 
 
 def printable(text: str) -> str:

@@ -125,8 +125,13 @@ def _cut(text: _Text, max_bytes: int) -> str:
     )
 
 
-def _fitted(texts: list[_Text], max_bytes: int) -> Iterator[tuple[_Text, str]]:
-    """Each text written whole or cut, all in ``max_bytes``: equal shares, a short one's rest to the others."""
+def _fitted(
+    texts: list[_Text], max_bytes: int, escaped_texts: dict[int, str]
+) -> Iterator[tuple[_Text, str]]:
+    """Each text written whole or cut, all in ``max_bytes``: equal shares, a short one's rest to the others.
+
+    ``escaped_texts``: the texts already escaped (by ``id``), not escaped again.
+    """
     left = max_bytes
     sizes = {id(text): _size(text.text) for text in texts}
     # Shortest first: what one needs less than its share is left to the longer ones.
@@ -134,7 +139,7 @@ def _fitted(texts: list[_Text], max_bytes: int) -> Iterator[tuple[_Text, str]]:
         share = max(0, left // (len(texts) - n))
         written = ""
         if sizes[id(text)] <= share:  # escaping only lengthens
-            written = _escaped(text.text)
+            written = escaped_texts.get(id(text)) or _escaped(text.text)
             written += _line_end(written, text)
         if (not written and text.text) or _size(written) > share:
             written = _cut(text, share)
@@ -188,6 +193,7 @@ def format_entry(
             parts.append(_Text("traceback", result.failure.traceback, ends_line=True))
     texts = [part for part in parts if isinstance(part, _Text)]
     ours = sum(_size(part) for part in parts if isinstance(part, str))
+    written: dict[int, str] = {}
     if max_bytes is None or ours + sum(_size(t.text) for t in texts) <= max_bytes:
         written = {id(t): _escaped(t.text) for t in texts}
         whole = "".join(
@@ -198,7 +204,7 @@ def format_entry(
         )
         if max_bytes is None or _size(whole) <= max_bytes:
             return whole
-    fitted = {id(text): written for text, written in _fitted(texts, max_bytes - ours)}
+    fitted = {id(text): cut for text, cut in _fitted(texts, max_bytes - ours, written)}
     return "".join(part if isinstance(part, str) else fitted[id(part)] for part in parts)
 
 

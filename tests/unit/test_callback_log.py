@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from executor import visible_text
 from executor.model import CallbackSpec, Failure, Invocation, Limits, Outcome, RunResult
+from executor.runs import callback_log
 from executor.runs.callback_log import CallbackLog, format_entry, log_path
 
 pytestmark = pytest.mark.unit
@@ -301,3 +303,36 @@ def test_the_escape_is_its_definition_on_any_text() -> None:
         assert stdout.partition("\n")[2] == _DEFINITION.sub(r"\\", shown) + (
             "" if not text or text.endswith("\n") else "\n"
         ), repr(text)
+
+
+def test_an_entry_of_control_characters_is_escaped_in_runs_and_in_bounded_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Probe 153: 2 x 16 MiB of \x01, escaped one Python call per character and again at
+    # each try of a cut, held the bookkeeping thread ~40 s. Counted, not timed: the
+    # per-character escapes made, and the characters escaped in all, per entry.
+    per_character, escaped_chars = 0, 0
+    code, escaped = visible_text._code, callback_log._escaped
+
+    def counted_code(char: str) -> str:
+        nonlocal per_character
+        per_character += 1
+        return code(char)
+
+    def counted_escaped(text: str) -> str:
+        nonlocal escaped_chars
+        escaped_chars += len(text)
+        return escaped(text)
+
+    monkeypatch.setattr(visible_text, "_code", counted_code)
+    monkeypatch.setattr(callback_log, "_escaped", counted_escaped)
+    cap = 10 * 1024 * 1024  # callback_log_max_bytes's default
+    output = "\x01" * (16 * 1024 * 1024)
+    result = RunResult("ctl", Outcome.SUCCEEDED, stdout=output, stderr=output)
+
+    entry = format_entry(invocation(), result, WHEN, cap)
+
+    assert len(entry.encode()) <= cap
+    assert entry.splitlines()[1].startswith("\\\\x01\\x01")  # a backslash starts a line
+    assert per_character == 0
+    assert escaped_chars <= 2 * cap

@@ -86,3 +86,18 @@ def test_emoji_and_scripts_that_need_a_selector_or_joiner_keep_it(text: str) -> 
     assert visible(text) == visible_line(text) == visible_lines(text) == text
     # The CLI's forms escape what str.isprintable refuses (the joiners) as before.
     assert "\\ufe0f" not in escaped(text) and "\\ufe0f" not in printable(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("\x01\x1b\u202e\x85", "\\x01\\x1b\\u202e\\x85"),
+        ("\x01\ufe0f\u20e3", "\\x01\ufe0f\u20e3"),  # a keycap after the run: the selector shows
+        ("\x01\U0001f600\ufe0f\x01", "\\x01\U0001f600\ufe0f\\x01"),
+        ("\x01\ufe0f\x01\U000e0041", "\\x01\\ufe0f\\x01\\U000e0041"),
+        ("\t\x01\r\n", "\t\\x01\\x0d\n"),
+    ],
+)
+def test_a_run_of_characters_to_escape_is_escaped_as_each_alone(text: str, shown: str) -> None:
+    # Runs are escaped at once (probe 153); what may show still looks at its neighbours.
+    assert visible_lines(text) == shown
