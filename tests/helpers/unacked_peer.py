@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from typing import Final
 
-from tests.helpers.unreading_peer import PREFACE, frame, literal
+from tests.helpers.unreading_peer import PREFACE, call_headers, frame
 
 _HEADERS, _SETTINGS, _CONTINUATION, _GOAWAY = 0x1, 0x4, 0x9, 0x7
 _END_STREAM, _END_HEADERS = 0x1, 0x4
@@ -41,18 +41,7 @@ class UnackedPeer:
     async def call(self, method: str, header_value_bytes: int) -> int:
         """Open a call of ``method`` with an ``x-big`` header of that many bytes; its stream."""
         stream, self._next_stream = self._next_stream, self._next_stream + 2
-        block = b"".join(
-            literal(name, value)
-            for name, value in (
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", method),
-                (":authority", "127.0.0.1"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-                ("x-big", "x" * header_value_bytes),
-            )
-        )
+        block = call_headers(method, ("x-big", "x" * header_value_bytes))
         chunks = [block[i : i + FRAME_BYTES] for i in range(0, len(block), FRAME_BYTES)]
         frames = [
             frame(

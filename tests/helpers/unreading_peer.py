@@ -48,6 +48,22 @@ def literal(name: str, value: str) -> bytes:
     return b"\x00" + _integer(len(raw_name)) + raw_name + _integer(len(raw_value)) + raw_value
 
 
+def call_headers(method: str, *extra: tuple[str, str]) -> bytes:
+    """The header block of a gRPC call of ``method`` (``/package.Service/Method``), then ``extra``."""
+    return b"".join(
+        literal(name, value)
+        for name, value in (
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", method),
+            (":authority", "127.0.0.1"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            *extra,
+        )
+    )
+
+
 class UnreadingPeer:
     """One connection's calls, their answers never read; which calls ended (refused)."""
 
@@ -71,17 +87,7 @@ class UnreadingPeer:
     async def call(self, method: str, request: Message) -> int:
         """Send one unary call of ``method`` (``/package.Service/Method``); its stream id."""
         stream, self._next_stream = self._next_stream, self._next_stream + 2
-        headers = b"".join(
-            literal(name, value)
-            for name, value in (
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", method),
-                (":authority", "127.0.0.1"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-            )
-        )
+        headers = call_headers(method)
         message = request.SerializeToString()
         body = b"\x00" + len(message).to_bytes(4, "big") + message
         self._writer.write(
