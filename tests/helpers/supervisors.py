@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
 
 import grpc
 
-from supervisor_client import ReferenceSupervisor, SupervisorServicer
+from executor import server
+from supervisor_client import ExecutorClient, ReferenceSupervisor, SupervisorServicer
 from supervisor_client.qbcallback.v1 import supervisor_pb2, supervisor_pb2_grpc
 from supervisor_client.reference.security import BearerTokenCheck, add_supervisor_port
+from tests.conftest import stack_settings
 
 
 class CountingSupervisor(SupervisorServicer):
@@ -313,3 +317,22 @@ class GarbledAnswers:
         if self._server is not None:
             await self._server.stop(0)
             self._server = None
+
+
+@asynccontextmanager
+async def executor_beside(
+    tmp_path: Path, servicer: type[CountingSupervisor], **settings: object
+) -> AsyncIterator[ExecutorClient]:
+    """A client of an executor whose supervisor is ``servicer`` on a loopback port; all stopped after."""
+    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", servicer)
+    await endpoint.start()
+    running = await server.start(
+        stack_settings(tmp_path / "data", supervisor=endpoint.address, **settings)
+    )
+    try:
+        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
+            yield client
+    finally:
+        await running.stop()
+        await endpoint.stop()
+        endpoint.store.close()

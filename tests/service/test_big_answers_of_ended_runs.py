@@ -18,13 +18,11 @@ from typing import Any
 
 import pytest
 
-from executor import server
 from executor.api import supervisor as grpc_supervisor
 from supervisor_client import ExecutorClient
 from supervisor_client.jobdict import job_to_dict
 from supervisor_client.qbcallback.v1 import executor_pb2, supervisor_pb2, types_pb2
-from tests.conftest import stack_settings
-from tests.helpers.supervisors import CountingSupervisor, SupervisorEndpoint
+from tests.helpers.supervisors import CountingSupervisor, executor_beside
 
 pytestmark = pytest.mark.service
 
@@ -48,16 +46,8 @@ class ManyJobsSupervisor(CountingSupervisor):
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[ExecutorClient]:
-    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", ManyJobsSupervisor)
-    await endpoint.start()
-    running = await server.start(stack_settings(tmp_path / "data", supervisor=endpoint.address))
-    try:
-        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
-            yield client
-    finally:
-        await running.stop()
-        await endpoint.stop()
-        endpoint.store.close()
+    async with executor_beside(tmp_path, ManyJobsSupervisor) as client:
+        yield client
 
 
 @pytest.fixture

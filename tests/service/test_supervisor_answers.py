@@ -16,11 +16,9 @@ from typing import Any
 import grpc
 import pytest
 
-from executor import server
 from supervisor_client import ExecutorClient
 from supervisor_client.qbcallback.v1 import executor_pb2, supervisor_pb2
-from tests.conftest import stack_settings
-from tests.helpers.supervisors import CountingSupervisor, SupervisorEndpoint
+from tests.helpers.supervisors import CountingSupervisor, executor_beside
 
 pytestmark = pytest.mark.service
 
@@ -70,22 +68,10 @@ class SiteSupervisor(CountingSupervisor):
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[ExecutorClient]:
-    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", SiteSupervisor)
-    await endpoint.start()
-    running = await server.start(
-        stack_settings(
-            tmp_path / "data",
-            supervisor=endpoint.address,
-            supervisor_timeout_seconds=SUPERVISOR_TIMEOUT_S,
-        )
-    )
-    try:
-        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
-            yield client
-    finally:
-        await running.stop()
-        await endpoint.stop()
-        endpoint.store.close()
+    async with executor_beside(
+        tmp_path, SiteSupervisor, supervisor_timeout_seconds=SUPERVISOR_TIMEOUT_S
+    ) as client:
+        yield client
 
 
 async def run(client: ExecutorClient, code: str) -> str:

@@ -18,11 +18,9 @@ from typing import Any
 
 import pytest
 
-from executor import server
 from supervisor_client import ExecutorClient
 from supervisor_client.qbcallback.v1 import executor_pb2, supervisor_pb2, types_pb2
-from tests.conftest import stack_settings
-from tests.helpers.supervisors import CountingSupervisor, SupervisorEndpoint
+from tests.helpers.supervisors import CountingSupervisor, executor_beside
 
 pytestmark = pytest.mark.service
 
@@ -67,18 +65,10 @@ class NonFiniteSupervisor(CountingSupervisor):
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[ExecutorClient]:
-    endpoint = SupervisorEndpoint(tmp_path / "supervisor.db", NonFiniteSupervisor)
-    await endpoint.start()
-    running = await server.start(
-        stack_settings(tmp_path / "data", supervisor=endpoint.address, supervisor_timeout_seconds=5)
-    )
-    try:
-        async with ExecutorClient(f"127.0.0.1:{running.port}") as client:
-            yield client
-    finally:
-        await running.stop()
-        await endpoint.stop()
-        endpoint.store.close()
+    async with executor_beside(
+        tmp_path, NonFiniteSupervisor, supervisor_timeout_seconds=5
+    ) as client:
+        yield client
 
 
 async def test_a_non_finite_number_in_a_jobinfo_answer_is_a_malformed_answer_listed_in_actions(
