@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from typing import Final
 
-from tests.helpers.unreading_peer import PREFACE, call_headers, frame
+from tests.helpers.unreading_peer import PREFACE, call_headers, close_connection, frame
 
 _HEADERS, _SETTINGS, _CONTINUATION, _GOAWAY = 0x1, 0x4, 0x9, 0x7
 _END_STREAM, _END_HEADERS = 0x1, 0x4
@@ -70,9 +70,4 @@ class UnackedPeer:
         self.closed.set()
 
     async def close(self) -> None:
-        self._pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._pump
-        self._writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self._writer.wait_closed()
+        await close_connection(self._pump, self._writer)

@@ -64,6 +64,16 @@ def call_headers(method: str, *extra: tuple[str, str]) -> bytes:
     )
 
 
+async def close_connection(pump: asyncio.Future[None], writer: asyncio.StreamWriter) -> None:
+    """Stop a peer's reading ``pump`` and close its connection."""
+    pump.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pump
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
 class UnreadingPeer:
     """One connection's calls, their answers never read; which calls ended (refused)."""
 
@@ -128,9 +138,4 @@ class UnreadingPeer:
 
     async def close(self) -> None:
         """Close the connection: the server lets go of every answer it held for it."""
-        self._pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._pump
-        self._writer.close()
-        with contextlib.suppress(ConnectionError):
-            await self._writer.wait_closed()
+        await close_connection(self._pump, self._writer)
