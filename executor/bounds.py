@@ -123,3 +123,8 @@ def cut_utf8_end(text: str, max_bytes: int) -> str:
     tail = data[start:].decode("utf-8", "surrogatepass")
     left_out = size - (len(data) - start)
     return f"…[{left_out} earlier bytes]{tail}" if with_marker else tail
+
+
+def mib(size: int) -> str:
+    """A size (bytes, or characters) as messages say it: ``16.0 MiB``."""
+    return f"{size / (1 << 20):.1f} MiB"

@@ -119,6 +119,9 @@ def firings_id(invocation_id: str) -> str:
 
 # A failure's first line is enough to tell runs apart in a log; the whole is in the history.
 MAX_LOGGED_FAILURE_CHARS: Final = 200
+# How often a slot kept for the bookkeeping looks whether it caught up (it writes in
+# batches of about that long, ``bookkeeping.GATHER_S``).
+BEHIND_POLL_S: Final = 0.05
 
 
 def run_log_fields(invocation: Invocation, language: str, result: RunResult) -> dict[str, Any]:
@@ -228,8 +231,15 @@ class Dispatcher:
         policies: PolicySet | None = None,
         refusal: Callable[[], str] = lambda: "",
         unenforceable: Callable[[Limits], str | None] = lambda _: None,
+        behind: Callable[[], str] = lambda: "",
     ) -> None:
         self._runner = runner
+        # Why the runs' bookkeeping is behind them ("": it is not): an ended run keeps its
+        # slot while it is, so callbacks cannot fill memory with output faster than the
+        # history takes it; new runs queue, then are refused at the queue's bound.
+        self._behind = behind
+        # Slots kept for the bookkeeping now (logged as the first is kept and the last freed).
+        self._kept_for_bookkeeping = 0
         # Why no run may start now ("": one may): the outbox past outbox_max_bytes.
         self._refusal = refusal
         # Why a run's limits cannot be enforced on this host (None: they can).
@@ -455,7 +465,7 @@ class Dispatcher:
                 try:
                     result, finishing = await self._run_in_slot(run, slot)
                 finally:
-                    if finishing is None:
+                    if finishing is None and not self._behind():
                         self._slots.release(slot)
                     else:
                         self._hold_slot(slot, finishing)
@@ -493,9 +503,12 @@ class Dispatcher:
         if run.stop.reason in (CALLER_DEADLINE, CALLER_CANCELLED):
             raise UnavailableError(f"{run.stop.reason} before the callback started: no run")
 
-    def _hold_slot(self, slot: int, finishing: Awaitable[None]) -> None:
-        """Keep ``slot`` taken until the run's child has been ended (answered at its end mark)."""
-        task = asyncio.ensure_future(finishing)
+    def _hold_slot(self, slot: int, finishing: Awaitable[None] | None) -> None:
+        """Keep ``slot`` taken until the run's child has been ended (answered at its end mark).
+
+        And then while the bookkeeping is behind (``behind``), unless the executor stops.
+        """
+        task = asyncio.ensure_future(self._until_slot_free(finishing))
         self._finishing.add(task)
 
         def release(_: object) -> None:
@@ -503,6 +516,24 @@ class Dispatcher:
             self._slots.release(slot)
 
         task.add_done_callback(release)
+
+    async def _until_slot_free(self, finishing: Awaitable[None] | None) -> None:
+        if finishing is not None:
+            await finishing
+        if self._draining or not (behind := self._behind()):
+            return
+        self._kept_for_bookkeeping += 1
+        if self._kept_for_bookkeeping == 1:
+            logger.warning("%s: ended runs keep their slots until it catches up", behind)
+        try:
+            # Looked at, not waited on: the writer is another thread, and a slot kept this
+            # way is the rare case, while its end is on every run's path.
+            while not self._draining and self._behind():  # noqa: ASYNC110
+                await asyncio.sleep(BEHIND_POLL_S)
+        finally:
+            self._kept_for_bookkeeping -= 1
+            if not self._kept_for_bookkeeping and not self._draining:
+                logger.info("the runs' bookkeeping caught up: slots are free again")
 
     async def _run_in_slot(self, run: _Run, slot: int) -> tuple[RunResult, Awaitable[None] | None]:
         """The run's result, and what must finish before its slot is free again (or None)."""

@@ -271,6 +271,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             unenforceable=functools.partial(
                 host_limits.refusal, nproc=options.caps_processes_with_nproc
             ),
+            behind=recorder.behind,
         )
 
         # After the drain (no run hands over more mail): the queue's last exchanges end.

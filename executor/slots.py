@@ -30,14 +30,11 @@ import functools
 from dataclasses import dataclass, field
 from typing import Final
 
+from executor.bounds import mib
 from executor.errors import CapacityError
 from executor.plurals import counted, counted_are
 
 RETRY_AFTER_S: Final = 1.0
-
-
-def _mib(size_bytes: int) -> str:
-    return f"{size_bytes / (1 << 20):.1f} MiB"
 
 
 def _named(user: str) -> str:
@@ -179,9 +176,9 @@ class Slots:
                     return None
                 why = (
                     f"{self._busy()} and the {counted(waiting, 'queued request')} take "
-                    f"{_mib(waiting_bytes)}, the most of it ({_mib(sizes[heaviest])}) of "
-                    f"{_named(heaviest)}; with a {_mib(request_bytes)} request of {_named(user)}"
-                    f" they would pass max_queue_bytes ({_mib(limit)}): this one, the newest"
+                    f"{mib(waiting_bytes)}, the most of it ({mib(sizes[heaviest])}) of "
+                    f"{_named(heaviest)}; with a {mib(request_bytes)} request of {_named(user)}"
+                    f" they would pass max_queue_bytes ({mib(limit)}): this one, the newest"
                     " of them, gave its place to it; retry later"
                 )
             else:
@@ -208,8 +205,8 @@ class Slots:
             )
         return CapacityError(
             f"{self._busy()} and the {counted(self.waiting, 'queued request')} take "
-            f"{_mib(self.waiting_bytes)}; with this one's {_mib(request_bytes)} they would "
-            f"pass max_queue_bytes ({_mib(self.max_queue_bytes or 0)}); retry later",
+            f"{mib(self.waiting_bytes)}; with this one's {mib(request_bytes)} they would "
+            f"pass max_queue_bytes ({mib(self.max_queue_bytes or 0)}); retry later",
             retry_after_s=RETRY_AFTER_S,
         )
 

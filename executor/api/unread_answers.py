@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from executor.bounds import mib
 from executor.errors import CapacityError
 
 # Answers of at least this many bytes (their ByteSize) are counted while unread.
@@ -50,7 +51,6 @@ BIG_ANSWER_METHODS: Final = (
 )
 # A refused caller may ask again this soon: answers read are let go of at once.
 RETRY_AFTER_S: Final = 1.0
-_MIB: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +100,17 @@ class UnreadAnswers:
         if own < self.connection_bytes:
             return ""
         return (
-            f"this connection holds {_mib(own)} of answers its client has not read, its"
-            f" share of unread_answers_max_bytes ({_mib(self.connection_bytes)} of"
-            f" {_mib(self.max_bytes)}): read them, or retry later"
+            f"this connection holds {mib(own)} of answers its client has not read, its"
+            f" share of unread_answers_max_bytes ({mib(self.connection_bytes)} of"
+            f" {mib(self.max_bytes)}): read them, or retry later"
         )
 
     def _total_refusal(self) -> str:
         if self.held_bytes < self.max_bytes:
             return ""
         return (
-            f"the executor holds {_mib(self.held_bytes)} of answers their clients have"
-            f" not read, unread_answers_max_bytes ({_mib(self.max_bytes)}); retry later"
+            f"the executor holds {mib(self.held_bytes)} of answers their clients have"
+            f" not read, unread_answers_max_bytes ({mib(self.max_bytes)}); retry later"
         )
 
     def check(self, peer: str) -> None:
@@ -153,7 +153,3 @@ class UnreadAnswers:
             released_now.set()
 
         return release
-
-
-def _mib(size: int) -> str:
-    return f"{size / _MIB:.1f} MiB"

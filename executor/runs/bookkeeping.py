@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 
+from executor.bounds import mib
 from executor.errors import UnavailableError
 from executor.model import Invocation, RunResult
 from executor.owned_dirs import UnsafePathError
@@ -63,6 +64,12 @@ PRUNE_EVERY_S: Final = 60.0
 # tree has not been round once (it counts the logs written before the start), or more
 # logs are due than a pass removes.
 LOG_CATCH_UP_S: Final = 1.0
+# Output held by runs not yet written (queued, being written, or waiting for a sink that
+# refused them) past which the writer is "behind": the dispatcher then keeps freed slots
+# until it catches up (probe 153: callbacks filling 16 MiB streams faster than the
+# history writes them grew the executor to 1.7-3.8 GB, and kept other runs out of the
+# history for minutes). Counted in characters of stdout and stderr.
+MAX_BEHIND_CHARS: Final = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,11 @@ class _Entry:
     started_at: float
     # False: the .cb log and the metrics only (a fleet's run fenced off, Recorder).
     in_history: bool = True
+
+    @property
+    def output_chars(self) -> int:
+        """What the run's output holds, the bulk of what the entry keeps alive."""
+        return len(self.result.stdout) + len(self.result.stderr)
 
     def for_history(self) -> _Entry:
         """This entry with what its history record needs of the job: only its id.
@@ -96,6 +108,7 @@ class BookkeepingWriter:
         *,
         prune_every_s: float = PRUNE_EVERY_S,
         on_recorded: Callable[[Sequence[tuple[str, float]]], object] | None = None,
+        max_behind_chars: int = MAX_BEHIND_CHARS,
     ) -> None:
         """Start the thread.
 
@@ -104,6 +117,7 @@ class BookkeepingWriter:
         """
         self._history = history
         self._on_recorded = on_recorded
+        self._max_behind_chars = max_behind_chars
         self._prune_every_s = prune_every_s
         self._callback_log = callback_log
         self._metrics = metrics
@@ -125,6 +139,10 @@ class BookkeepingWriter:
         self._observing = threading.Lock()
         # Queued and being written: flush() waits for 0.
         self._unwritten = 0
+        # Output characters of the runs queued and being written (under _changed), and of
+        # those kept for a sink that refused them (set by this thread after each pass).
+        self._unwritten_chars = 0
+        self._kept_chars = 0
         # Readers waiting in flush(): the writer does not pause for others to join.
         self._waiting_readers = 0
         self._closing = False
@@ -152,9 +170,24 @@ class BookkeepingWriter:
             if in_history:
                 self._pending[result.invocation_id] = invocation
             self._unwritten += 1
+            self._unwritten_chars += entry.output_chars
             # Woken for the first of a burst, and when it is large enough; not for each run.
             if len(self._queue) in (1, GATHER_RUNS):
                 self._changed.notify_all()
+
+    def behind(self) -> str:
+        """Why the writer is behind ("": it is not): the output its unwritten runs hold.
+
+        Read on the event loop at each run's end (two integers, no lock): past
+        ``max_behind_chars``, the dispatcher keeps the run's slot until it is not.
+        """
+        held = self._unwritten_chars + self._kept_chars
+        if held <= self._max_behind_chars:
+            return ""
+        return (
+            f"the runs not yet written to the history and .cb logs hold {mib(held)} of output"
+            f" (more than {mib(self._max_behind_chars)})"
+        )
 
     def pending(self, invocation_id: str) -> Invocation | None:
         """The run under ``invocation_id`` queued or being written now, if any."""
@@ -232,6 +265,7 @@ class BookkeepingWriter:
                         self._record_unrecorded()
             finally:
                 self._written(batch)
+                self._count_kept()
             # Not held while this thread waits for the next runs: each entry's invocation
             # holds its job, an Execute's Struct among it (up to 16 MiB), which the last
             # batch of a burst kept alive until the next run ended.
@@ -245,10 +279,19 @@ class BookkeepingWriter:
                     min(self._prune_every_s, LOG_CATCH_UP_S) if more else self._prune_every_s
                 )
 
+    def _count_kept(self) -> None:
+        """Count the output of the runs kept for a sink that refused them (each run once)."""
+        if not self._unrecorded and not self._unlogged:
+            self._kept_chars = 0
+            return
+        kept = {e.result.invocation_id: e for e in (*self._unrecorded, *self._unlogged)}
+        self._kept_chars = sum(e.output_chars for e in kept.values())
+
     def _written(self, batch: list[_Entry]) -> None:
         """``batch`` is written (or given up): flush() may return, the history shows it."""
         with self._changed:
             self._unwritten -= len(batch)
+            self._unwritten_chars -= sum(e.output_chars for e in batch)
             for entry in batch:
                 if self._pending.get(entry.result.invocation_id) is entry.invocation:
                     del self._pending[entry.result.invocation_id]

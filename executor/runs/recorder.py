@@ -383,6 +383,10 @@ class Recorder:
             return pending
         return self.history.identity(invocation_id)
 
+    def behind(self) -> str:
+        """Why the bookkeeping is behind the runs ("": it is not); see ``BookkeepingWriter``."""
+        return self._writer.behind()
+
     def pending(self, invocation_id: str) -> RunIdentity | None:
         """Whose run the writer holds under ``invocation_id``, not yet in the history."""
         pending = self._writer.pending(invocation_id)

@@ -7,6 +7,7 @@ import gc
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -451,3 +452,62 @@ def test_a_refusing_logs_entries_are_bounded_the_oldest_given_up(
     assert logged_ids(callback_log, 10) == [f"other-{n}" for n in range(6)]
     assert logged_ids(callback_log, 2001) == ["a2", "a3", "a4"]
     assert "given up (the oldest: runs a0)" in caplog.text
+
+
+class SlowHistory(CountedHistory):
+    """The real history, each write of which waits until the test lets it through."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.transactions = []
+        self.go = threading.Event()
+
+    def record_many(self, runs: Sequence[tuple[Invocation, RunResult, float]]) -> None:
+        self.go.wait(10)
+        super().record_many(runs)
+
+
+def submit_output(writer: BookkeepingWriter, inv_id: str, chars: int) -> None:
+    now = time.time()
+    big = replace(result(inv_id), stdout="o" * (chars // 2), stderr="e" * (chars - chars // 2))
+    writer.submit(invocation(inv_id), big, ended_at=now, started_at=now - 0.5)
+
+
+def test_the_writer_is_behind_while_its_unwritten_runs_hold_more_output_than_its_bound(
+    tmp_path: Path,
+) -> None:
+    # Probe 153: what the history had not written yet was held without bound.
+    history = SlowHistory(tmp_path / "runs.db", retention_days=1, max_runs=1000)
+    writer = BookkeepingWriter(
+        history, CallbackLog(tmp_path / "logs", 1 << 20), Metrics(), max_behind_chars=1000
+    )
+    submit_output(writer, "run-0", 600)
+    assert writer.behind() == ""
+    submit_output(writer, "run-1", 600)  # 1,200 characters unwritten
+    assert "hold 0.0 MiB of output (more than 0.0 MiB)" in writer.behind()
+    history.go.set()
+    assert writer.flush()
+    assert writer.behind() == ""
+    writer.close()
+    assert history.count() == 2
+
+
+def test_runs_kept_for_a_history_that_refuses_them_count_until_it_takes_them(
+    tmp_path: Path,
+) -> None:
+    history = FullDisk(tmp_path / "runs.db", retention_days=1, max_runs=1000)
+    history.transactions = []
+    writer = BookkeepingWriter(
+        history, CallbackLog(tmp_path / "logs", 1 << 20), Metrics(), max_behind_chars=1000
+    )
+    for n in range(3):
+        submit_output(writer, f"run-{n}", 400)
+    assert writer.flush()
+    assert history.count() == 0 and writer.behind()  # written nowhere yet: still held
+    history.full = False
+    deadline = time.monotonic() + 10
+    while writer.behind() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert writer.behind() == ""
+    writer.close()
+    assert history.count() == 3

@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from executor.child.protocol import StartFrame
-from executor.dispatcher import CALLER_CANCELLED, INTERNAL_FAILURE, SHUTTING_DOWN, Dispatcher
+from executor.dispatcher import (
+    BEHIND_POLL_S,
+    CALLER_CANCELLED,
+    INTERNAL_FAILURE,
+    SHUTTING_DOWN,
+    Dispatcher,
+)
 from executor.errors import (
     AlreadyExistsError,
     CapacityError,
@@ -805,3 +811,49 @@ async def test_a_queued_run_does_not_start_once_no_run_may_start() -> None:
     assert [code for code, _ in harness.runner.started] == ["a"]
     assert list(harness.outcomes()) == ["run-a"]
     assert (harness.dispatcher.active, harness.dispatcher.waiting) == (0, 0)
+
+
+async def test_an_ended_run_keeps_its_slot_while_the_bookkeeping_is_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Probe 153: callbacks filling 16 MiB streams faster than the history wrote them grew
+    # the executor by GBs, since each slot was free again at its run's end.
+    caplog.set_level(logging.INFO, "executor.dispatcher")
+    behind = ["the runs not yet written hold 80 MiB of output (more than 64 MiB)"]
+    harness = Harness(slots=1, queue=2)
+    harness.dispatcher._behind = lambda: behind[0]
+    first = harness.start("a")
+    queued = harness.start("b")
+    await settle()
+    harness.runner.finish("a")
+    assert (await first).outcome is Outcome.SUCCEEDED  # answered all the same
+    await asyncio.sleep(3 * BEHIND_POLL_S)
+    assert [code for code, _ in harness.runner.started] == ["a"]
+    assert (harness.dispatcher.active, harness.dispatcher.waiting) == (1, 1)
+    also_queued = harness.start("c")
+    await settle()
+    with pytest.raises(CapacityError):  # the queue's bound holds as ever
+        await harness.execute("d")
+    (kept,) = [r for r in caplog.records if "keep their slots" in r.getMessage()]
+    assert kept.levelname == "WARNING" and "80 MiB of output" in kept.getMessage()
+
+    behind[0] = ""
+    harness.runner.finish("b")
+    assert (await asyncio.wait_for(queued, 5)).outcome is Outcome.SUCCEEDED
+    assert [code for code, _ in harness.runner.started] == ["a", "b", "c"]
+    assert any("caught up" in r.getMessage() for r in caplog.records)
+    harness.runner.finish("c")
+    assert (await asyncio.wait_for(also_queued, 5)).outcome is Outcome.SUCCEEDED
+
+
+async def test_a_stop_frees_the_slots_kept_for_the_bookkeeping() -> None:
+    harness = Harness(slots=2, queue=2)
+    harness.dispatcher._behind = lambda: "behind for good (a history that never writes)"
+    runs = [harness.start(code) for code in "ab"]
+    await settle()
+    for code in "ab":
+        harness.runner.finish(code)
+    await asyncio.gather(*runs)
+    assert harness.dispatcher.active == 2
+    await asyncio.wait_for(harness.dispatcher.drain(), 5)
+    assert harness.dispatcher.active == 0
