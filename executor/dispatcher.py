@@ -257,6 +257,11 @@ class Dispatcher:
         self._finishing: set[asyncio.Future[None]] = set()
 
     @property
+    def kept_for_history(self) -> int:
+        """Slots ended runs keep until the bookkeeping catches up (``behind``)."""
+        return self._kept_for_bookkeeping
+
+    @property
     def active(self) -> int:
         """Runs holding a slot."""
         return self._slots.busy

@@ -311,6 +311,12 @@ class ReadingsCollector(Collector):
         )
         yield gauge("active_children", "Runs holding a slot now.", r.active_children)
         yield gauge(
+            "slots_kept_for_history",
+            "Of those, ended runs keeping their slot until the history and .cb logs catch up"
+            " with their output (more than 64 MiB not yet written).",
+            r.slots_kept_for_history,
+        )
+        yield gauge(
             "prepared_children",
             "Children started ahead, confined and waiting for their run (prepare_ahead).",
             r.prepared_children,

@@ -37,6 +37,8 @@ class Readings:
     """The executor's gauges and its parts' own counts at one moment (all zero before the first)."""
 
     active_children: int = 0
+    # Of those, the slots ended runs keep until the history catches up with their output.
+    slots_kept_for_history: int = 0
     prepared_children: int = 0
     slots: int = 0
     queue_depth: int = 0
@@ -77,6 +79,9 @@ class Load(Protocol):
     @property
     def waiting(self) -> int: ...
 
+    @property
+    def kept_for_history(self) -> int: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ReadingSources:
@@ -115,6 +120,7 @@ class ReadingSources:
         mail_queued, mail_sending, mails_not_sent = self.mail()
         return Readings(
             active_children=self.load.active,
+            slots_kept_for_history=self.load.kept_for_history,
             prepared_children=self.prepared_children(),
             slots=self.slots,
             queue_depth=self.load.waiting,

@@ -112,6 +112,7 @@ def test_each_replicas_own_gauges_are_added_together() -> None:
     for gauge in (
         "cbexec_slots",
         "cbexec_active_children",
+        "cbexec_slots_kept_for_history",
         "cbexec_queue_depth",
         "cbexec_grpc_connections",
         "cbexec_mail_queued",

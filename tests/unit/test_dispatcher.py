@@ -830,6 +830,7 @@ async def test_an_ended_run_keeps_its_slot_while_the_bookkeeping_is_behind(
     await asyncio.sleep(3 * BEHIND_POLL_S)
     assert [code for code, _ in harness.runner.started] == ["a"]
     assert (harness.dispatcher.active, harness.dispatcher.waiting) == (1, 1)
+    assert harness.dispatcher.kept_for_history == 1
     also_queued = harness.start("c")
     await settle()
     with pytest.raises(CapacityError):  # the queue's bound holds as ever
@@ -842,6 +843,7 @@ async def test_an_ended_run_keeps_its_slot_while_the_bookkeeping_is_behind(
     assert (await asyncio.wait_for(queued, 5)).outcome is Outcome.SUCCEEDED
     assert [code for code, _ in harness.runner.started] == ["a", "b", "c"]
     assert any("caught up" in r.getMessage() for r in caplog.records)
+    assert harness.dispatcher.kept_for_history == 0
     harness.runner.finish("c")
     assert (await asyncio.wait_for(also_queued, 5)).outcome is Outcome.SUCCEEDED
 

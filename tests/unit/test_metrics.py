@@ -93,7 +93,7 @@ def test_a_scrape_shows_counters_cumulative_buckets_and_readings() -> None:
     )
     metrics.read_from(
         ReadingSources(
-            load=_Load(active=2, waiting=5),
+            load=_Load(active=2, waiting=5, kept_for_history=1),
             slots=4,
             queue_limit=64,
             tier=TierFlags("tier", "zygote", (("pid_namespace", True), ("memory_cgroup", False))),
@@ -115,6 +115,7 @@ def test_a_scrape_shows_counters_cumulative_buckets_and_readings() -> None:
     assert samples[("cbexec_run_duration_seconds_bucket", (*lang, ("le", "+Inf")))] == 1
     assert samples[("cbexec_run_cpu_seconds_total", lang)] == 0.25
     assert samples[("cbexec_active_children", ())] == 2
+    assert samples[("cbexec_slots_kept_for_history", ())] == 1
     assert samples[("cbexec_queue_depth", ())] == 5
     assert samples[("cbexec_slots", ())] == 4
     assert samples[("cbexec_outbox_pending", ())] == 3
@@ -158,9 +159,10 @@ def test_labels_are_bounded() -> None:
 
 
 class _Load:
-    def __init__(self, *, active: int, waiting: int) -> None:
+    def __init__(self, *, active: int, waiting: int, kept_for_history: int = 0) -> None:
         self.active = active
         self.waiting = waiting
+        self.kept_for_history = kept_for_history
 
 
 # Each family a scrape of /metrics shows, and the GetMetricsResponse field that carries it
@@ -172,6 +174,7 @@ GET_METRICS_FIELD: dict[str, str | None] = {
     "cbexec_run_cpu_seconds": None,
     "cbexec_refused_at_capacity": "rejected_at_capacity",
     "cbexec_active_children": "active_children",
+    "cbexec_slots_kept_for_history": None,
     "cbexec_slots": "slots",
     "cbexec_prepared_children": "prepared_children",
     "cbexec_queue_depth": "queue_depth",
