@@ -566,6 +566,17 @@ async def test_why_for_a_work_item_not_on_the_agenda_shows_the_agenda_escaped(
     )
 
 
+async def test_why_takes_any_work_item_of_a_job_registered_without_an_agenda(
+    engines: Engines,
+) -> None:
+    # Its work items are the supervisor's to know: its events may name any (probe 160
+    # read the proto's NOT_FOUND as meant for these too; the proto says so now).
+    engine = engines(Recorder(), start=False)
+    engine.register_job(job(7, ("complete-work-self-{work}", "x")))
+    (explained,) = engine.explain(7, work_name="zz").callbacks
+    assert explained.callback.callback_id == 1 and explained.per_work
+
+
 # -- the firing worker ----------------------------------------------------------------------
 
 

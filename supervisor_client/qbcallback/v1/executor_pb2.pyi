@@ -1486,7 +1486,9 @@ class ExplainCallbacksRequest(_message.Message):
     callback_id: _builtins.int
     """One callback; 0 for all of them."""
     work_name: _builtins.str
-    """For a trigger with {work}: explain this work item in full."""
+    """For a trigger with {work}: explain this work item in full. One the job's
+    agenda lacks is NOT_FOUND; a job registered without an agenda takes any.
+    """
     journal_limit: _builtins.int
     """At most this many journal entries per callback, the newest (0: as many as
     the executor keeps per callback, its trigger_journal_entries).

@@ -240,7 +240,8 @@ class TriggerServiceServicer:
         job their context names now, their latches and the events that set them,
         what the trigger still waits for in words, the checks found at
         registration, and each callback's recent journal. NOT_FOUND for a job (or
-        callback) that is not registered, and for a work_name its agenda lacks.
+        callback) that is not registered, and for a work_name its agenda lacks (a job
+        registered without an agenda takes any work_name: its events may name any).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

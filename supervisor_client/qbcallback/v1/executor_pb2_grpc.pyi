@@ -111,7 +111,8 @@ class TriggerServiceStub:
     job their context names now, their latches and the events that set them,
     what the trigger still waits for in words, the checks found at
     registration, and each callback's recent journal. NOT_FOUND for a job (or
-    callback) that is not registered, and for a work_name its agenda lacks.
+    callback) that is not registered, and for a work_name its agenda lacks (a job
+    registered without an agenda takes any work_name: its events may name any).
     """
 
 class TriggerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -203,7 +204,8 @@ class TriggerServiceServicer(metaclass=_abc_1.ABCMeta):
         job their context names now, their latches and the events that set them,
         what the trigger still waits for in words, the checks found at
         registration, and each callback's recent journal. NOT_FOUND for a job (or
-        callback) that is not registered, and for a work_name its agenda lacks.
+        callback) that is not registered, and for a work_name its agenda lacks (a job
+        registered without an agenda takes any work_name: its events may name any).
         """
 
 def add_TriggerServiceServicer_to_server(servicer: TriggerServiceServicer, server: _aio.Server) -> None: ...
