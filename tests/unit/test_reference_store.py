@@ -1398,6 +1398,12 @@ def test_a_blank_or_padded_user_is_refused(sup: ReferenceSupervisor, user: str) 
         sup.submit([{"name": "j", "user": user}])
 
 
+@pytest.mark.parametrize("job", [{"name": "j"}, {"name": "j", "user": ""}])
+def test_a_job_without_a_user_is_user_qube(sup: ReferenceSupervisor, job: dict[str, str]) -> None:
+    (submitted,) = sup.submit([job])  # as the farm.proto's SubmitJobs says
+    assert submitted["user"] == "qube"
+
+
 def test_a_database_from_before_the_passive_preempt_gets_its_column(tmp_path: Path) -> None:
     path = tmp_path / "supervisor.db"
     old_schema = reference_store._SCHEMA.replace("    preempted INTEGER NOT NULL DEFAULT 0,\n", "")

@@ -105,7 +105,8 @@ class SubmitJobsRequest(_message.Message):
         ("pending" or "blocked"), priority, prototype, cpus, pgrp, pid, mailaddress,
         agenda (work names or {name, status} dicts), callbacks ({triggers, language,
         code, user, maximum, mode}); any other field is kept and shown to callbacks.
-        A callback's `triggers` is a string or a list of strings, the OR of its items,
+        A job without a user (or with an empty one) is user "qube" (`cbexec farm
+        submit` fills in the submitter's own name first). A callback's `triggers` is a string or a list of strings, the OR of its items,
         stored joined into one expression with " || " and no parentheses added
         (`["a", "b && c"]` is stored as "a || b && c", which means "a || (b && c)": && binds
         tighter); an error in an item names it: "triggers[1]: ...". The name, label, user,
