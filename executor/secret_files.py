@@ -4,9 +4,10 @@ They are the config file (``auth_token``, ``supervisor_token``, ``mail.smtp_pass
 store URL's password and the policies), the TLS keys (the port's and the supervisor
 link's), and each policy's ``env_files`` (credentials): all read once, at start-up. The
 hardened tier hides each from every callback (``tier.isolation_plan``: a child binds
-``/dev/null`` over it), whatever its mode. The other local users are a file's mode's
-business: ``open_to_others`` says which of these files they could read, for the start-up
-WARNING.
+``/dev/null`` over it), whatever its mode, but only at that path: a cover is a bind
+mount, so another hard link to the file is guarded by its mode alone. The other local
+users are a file's mode's business too. For the start-up WARNINGs, ``open_to_others``
+says which of these files they could read, ``with_other_links`` which have another name.
 """
 
 from __future__ import annotations
@@ -74,11 +75,22 @@ def _config_secrets(path: str) -> list[str]:
         return []
 
 
+def _described(setting: str, path: str) -> str | None:
+    """How a WARNING names a secret file; None for a config file holding no secret.
+
+    Without one, who may read the config file is the site's choice.
+    """
+    if setting != "config file":
+        return f"{setting}: {path}"
+    held = _config_secrets(path)
+    return f"config file {path} holds {', '.join(held)} and" if held else None
+
+
 def open_to_others(settings: Settings) -> list[str]:
     """A start-up WARNING for each secret file its group or other users may read.
 
     The config file only when it holds a secret (``auth_token``, ``mail.smtp_password``,
-    a store URL's password): without one, its mode is the site's choice.
+    a store URL's password).
     """
     warnings = []
     for setting, path in secret_files(settings):
@@ -86,17 +98,33 @@ def open_to_others(settings: Settings) -> list[str]:
             mode = stat.S_IMODE(os.stat(path).st_mode)
         except OSError:
             continue  # start-up names a file it cannot read; nothing to say here
-        if not mode & READABLE_BY_OTHERS:
+        if not mode & READABLE_BY_OTHERS or (what := _described(setting, path)) is None:
             continue
-        if setting == "config file":
-            held = _config_secrets(path)
-            if not held:
-                continue
-            what = f"config file {path} holds {', '.join(held)} and"
-        else:
-            what = f"{setting}: {path}"
         warnings.append(
             f"{what} is readable by its group or others (mode {mode:04o}): other local "
             f"users can read it; chmod 600 {path}"
+        )
+    return warnings
+
+
+def with_other_links(settings: Settings) -> list[str]:
+    """A start-up WARNING for each secret file with more than one hard link.
+
+    A child covers the path the settings name, not the file: through another link, a
+    callback reads it as its mode lets any other user. The config file only when it
+    holds a secret, as for ``open_to_others``.
+    """
+    warnings = []
+    for setting, path in secret_files(settings):
+        try:
+            status = os.stat(path)
+        except OSError:
+            continue  # start-up names a file it cannot read; nothing to say here
+        if status.st_nlink < 2 or (what := _described(setting, path)) is None:
+            continue
+        warnings.append(
+            f"{what} has {status.st_nlink} hard links: a callback may read it through "
+            f"another link unless its mode forbids (mode {stat.S_IMODE(status.st_mode):04o}; "
+            f"the sandbox covers only {path}); keep it 0600, or remove the other links"
         )
     return warnings

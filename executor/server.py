@@ -69,7 +69,7 @@ from executor.sandbox.identity import UidClaim
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
 from executor.sandbox.tier import describe_sandbox, mechanisms, root_warnings, sandbox_options
-from executor.secret_files import open_to_others
+from executor.secret_files import open_to_others, with_other_links
 from executor.sql import is_postgres
 from executor.storage import StorageHealth, runs_nothing
 from executor.triggers.engine import TriggerEngine
@@ -431,6 +431,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             *bind_warnings(policies),
             *(api_embedded.shared_store_warnings(settings.store) if embedded else []),
             *open_to_others(settings),
+            *with_other_links(settings),
             *mail_login_warnings(settings.mail),
             *_own_limits_warnings(settings),
             *host_limits.warnings(

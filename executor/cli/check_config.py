@@ -37,7 +37,7 @@ from executor.runtimes.check import check_source
 from executor.sandbox import host_limits
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.tier import describe_sandbox, root_warnings, sandbox_options
-from executor.secret_files import open_to_others
+from executor.secret_files import open_to_others, with_other_links
 from executor.storage import check_database
 from executor.triggers.engine import check_trigger, kept_line_problem
 from executor.triggers.universal import (
@@ -88,6 +88,7 @@ def _sandbox(settings: config.Settings) -> str:
                 *exposure_warnings(policies, settings.auth_token),
                 *bind_warnings(policies),
                 *open_to_others(settings),
+                *with_other_links(settings),
                 *host_limits.warnings(
                     settings.default_limits,
                     settings.max_limits,

@@ -1,4 +1,4 @@
-"""The executor's secret files: which they are, which a child hides, and the WARNING for an open mode."""
+"""The executor's secret files: which they are, which a child hides, WARNINGs for an open mode or another link."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import pytest
 
 from executor.config import Settings
 from executor.sandbox.tier import files_to_hide
-from executor.secret_files import open_to_others, secret_files, secrets_in_config
+from executor.secret_files import (
+    open_to_others,
+    secret_files,
+    secrets_in_config,
+    with_other_links,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -71,6 +76,59 @@ def test_a_group_readable_tls_key_and_env_file_are_warned_about(tmp_path: Path) 
         f"policies.pipeline.env_files.TOKEN: {token} is readable by its group or others "
         f"(mode 0604): other local users can read it; chmod 600 {token}",
     ]
+
+
+def test_a_config_file_holding_the_token_with_another_hard_link_is_warned_about(
+    tmp_path: Path,
+) -> None:
+    # A child covers the config file's path: through the other link, a callback reads it
+    # as its mode lets any other user (probe 158 read auth_token so at 0644).
+    config = written(tmp_path / "cbexec.toml", 'auth_token = "tok123"\n', 0o644)
+    (tmp_path / "reachable.toml").hardlink_to(config)
+
+    assert with_other_links(Settings(config_file=str(config))) == [
+        f"config file {config} holds auth_token and has 2 hard links: a callback may read "
+        f"it through another link unless its mode forbids (mode 0644; the sandbox covers "
+        f"only {config}); keep it 0600, or remove the other links"
+    ]
+
+
+def test_a_hard_linked_tls_key_and_env_file_are_warned_about_whatever_their_mode(
+    tmp_path: Path,
+) -> None:
+    key = written(tmp_path / "server.key", "key", 0o600)
+    token = written(tmp_path / "token", "s3cret", 0o640)
+    alone = written(tmp_path / "alone", "s3cret", 0o644)
+    (tmp_path / "key.bak").hardlink_to(key)
+    for copy in ("token.1", "token.2"):
+        (tmp_path / copy).hardlink_to(token)
+    settings = Settings(
+        tls_key=str(key),
+        policies={"pipeline": {"env_files": {"TOKEN": str(token), "OTHER": str(alone)}}},
+    )
+
+    assert with_other_links(settings) == [
+        f"tls_key: {key} has 2 hard links: a callback may read it through another link "
+        f"unless its mode forbids (mode 0600; the sandbox covers only {key}); keep it "
+        f"0600, or remove the other links",
+        f"policies.pipeline.env_files.TOKEN: {token} has 3 hard links: a callback may read "
+        f"it through another link unless its mode forbids (mode 0640; the sandbox covers "
+        f"only {token}); keep it 0600, or remove the other links",
+    ]
+
+
+def test_a_secret_file_with_one_link_or_a_config_file_without_secrets_is_not(
+    tmp_path: Path,
+) -> None:
+    config = written(tmp_path / "cbexec.toml", 'auth_token = "tok123"\n', 0o644)
+    (tmp_path / "symlink.toml").symlink_to(config)  # a child covers it by its real path
+    plain = written(tmp_path / "plain.toml", 'bind = "127.0.0.1:50051"\n', 0o644)
+    (tmp_path / "plain-link.toml").hardlink_to(plain)
+
+    assert with_other_links(Settings(config_file=str(config))) == []
+    assert with_other_links(Settings(config_file=str(tmp_path / "symlink.toml"))) == []
+    assert with_other_links(Settings(config_file=str(plain))) == []
+    assert with_other_links(Settings(config_file=str(tmp_path / "gone.toml"))) == []
 
 
 def test_the_secret_files_are_the_config_the_tls_key_and_env_files() -> None:
