@@ -91,11 +91,16 @@ def start_problem(open_files: int, slots: int) -> str | None:
     if open_files >= needed:
         return None
     fits = max(0, open_files - SERVICE_FDS) // (START_CELL_FDS * len(CHILD_RUNTIMES))
+    if fits:
+        lower = f"or lower max_concurrent (at most {fits} start under this limit)"
+    else:  # not "at most 0": max_concurrent 0 is the default (2 per core), which needs more
+        one = SERVICE_FDS + len(CHILD_RUNTIMES) * START_CELL_FDS
+        lower = f"(not even max_concurrent = 1 starts under it: that needs ~{one})"
     return (
         f"max_concurrent: {slots} needs ~{needed} open files to start (~{START_CELL_FDS} for "
         f"each of its {cells} cells, ~{SERVICE_FDS} for the service), above the open-file "
         f"limit (RLIMIT_NOFILE) of {open_files}: raise the hard limit (systemd LimitNOFILE=, "
-        f"ulimit -Hn) or lower max_concurrent (at most {fits} start under this limit)"
+        f"ulimit -Hn) {lower}"
     )
 
 
