@@ -154,6 +154,8 @@ def _insert(columns: tuple[str, ...], runs: int) -> str:
 
 
 _INSERT_ONE: Final = _insert(_COLUMNS, 1)
+# (PostgreSQL) Rows past this size go in a statement of their own.
+PG_STATEMENT_BYTES: Final = 16 * 1024 * 1024
 
 
 def _ended_at(invocation: Invocation, result: RunResult, started_at: float) -> float:
@@ -448,7 +450,7 @@ class RunHistory:
             # results are in the outbox), and nothing else need stop for it.
             with writing(self._path, self._health, lock_degrades=False):
                 if isinstance(self._db, PgDb):
-                    added = self._insert_in_one_statement(runs)
+                    added = self._insert_in_statements(runs)
                 else:
                     added = self._insert_in_one_transaction(runs)
             self._checkpoints.committed()
@@ -471,28 +473,29 @@ class RunHistory:
         Our own count of the rows is exact here (the executor is the only writer), so the
         same transaction drops the oldest runs beyond ``max_runs``: the cap holds after
         every commit, at the cost of deleting as many rows as a full history gains. So
-        does ``max_bytes``: room is made for the runs before they are written (they take
-        the pages freed, not new ones at the file's end), then the pages are checked.
+        does ``max_bytes``: room is made for each run before it is written (it takes the
+        pages freed, not new ones at the file's end), then the pages are checked.
         """
         db = self._db
-        rows = [_row(*run) for run in runs]
-        replaced = 0
         # IMMEDIATE: the write lock first, waiting out another holder (the checkpoint
         # thread's TRUNCATE) for the busy timeout. A read first would make the upgrade
         # fail at once with "database is locked" (SQLite calls no busy handler for it).
         db.execute("BEGIN IMMEDIATE")
         try:
             added = 0
-            if self._max_bytes is not None:
-                incoming = sum(row[-1] for row in rows)
-                added -= drop_oldest_sqlite(
-                    db, runs=self._runs, max_bytes=self._max_bytes, incoming=incoming
-                )
-            for row in rows:
-                if db.execute("SELECT 1 FROM runs WHERE invocation_id = ?", row[:1]).fetchone():
-                    replaced += 1
+            # One run's row at a time: its result's JSON can be six times its output
+            # (a control character is stored as \u0001), and a batch of runs of 2 x 16
+            # MiB each held every one of them at once (probe 157: 1.6 GB).
+            for run in runs:
+                row = _row(*run)
+                if self._max_bytes is not None:
+                    added -= drop_oldest_sqlite(
+                        db, runs=self._runs + added, max_bytes=self._max_bytes, incoming=row[-1]
+                    )
+                if not db.execute("SELECT 1 FROM runs WHERE invocation_id = ?", row[:1]).fetchone():
+                    added += 1
                 db.execute(_INSERT_ONE, row)
-            added += len(runs) - replaced
+                del row
             added -= self._delete_oldest(self._runs + added - self._max_runs)
             if self._max_bytes is not None:
                 added -= drop_oldest_sqlite(db, runs=self._runs + added, max_bytes=self._max_bytes)
@@ -503,23 +506,40 @@ class RunHistory:
             raise
         return added
 
-    def _insert_in_one_statement(self, runs: Sequence[tuple[Invocation, RunResult, float]]) -> int:
-        """(PostgreSQL) All the runs in one INSERT: one round trip, its own transaction.
+    def _insert_in_statements(self, runs: Sequence[tuple[Invocation, RunResult, float]]) -> int:
+        """(PostgreSQL) One INSERT per ``PG_STATEMENT_BYTES`` of rows: most batches, one in all.
 
+        Each INSERT is one round trip and its own transaction.
         Other replicas record too, so whether a run replaced one is not asked (the count
         is taken afresh at each prune): always 0. A repeated invocation id keeps the run
         that ended last, as one INSERT per run would (PostgreSQL refuses to update a row
-        twice in one statement). Each run's size goes with it (``size_bytes``).
+        twice in one statement). Each run's size goes with it (``size_bytes``). The
+        INSERTs are idempotent, so a batch retried after a later one failed is whole.
+        Rows are built a statement's worth at a time: a run's JSON can be six times its
+        output, and a batch of big ones held them all at once (probe 157).
         """
         latest = latest_per_key(
             runs, key=lambda run: run[1].invocation_id, ended_at=lambda run: _ended_at(*run)
         )
-        rows = [_row(*run) for run in latest]
-        self._db.execute(_insert(_COLUMNS, len(rows)), [value for row in rows for value in row])
-        recorded = sum(row[-1] for row in rows)
+        recorded = 0
+        rows: list[tuple[Any, ...]] = []
+        for run in latest:
+            row = _row(*run)
+            if rows and sum(r[-1] for r in rows) + row[-1] > PG_STATEMENT_BYTES:
+                recorded += self._insert_rows(rows)
+                rows = []
+            rows.append(row)
+            del row
+        if rows:
+            recorded += self._insert_rows(rows)
         self._bytes += recorded
         self._bytes_since_prune += recorded
         return len(runs)
+
+    def _insert_rows(self, rows: list[tuple[Any, ...]]) -> int:
+        """(PostgreSQL) One INSERT of ``rows``; the bytes they take."""
+        self._db.execute(_insert(_COLUMNS, len(rows)), [value for row in rows for value in row])
+        return sum(row[-1] for row in rows)
 
     def list_runs(
         self,

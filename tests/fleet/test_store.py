@@ -20,6 +20,7 @@ from executor import sql
 from executor.errors import ConfigError
 from executor.migrations import _steps, current_version, migrate, schema_version
 from executor.model import CallbackSpec, Invocation, Outcome
+from executor.runs import history as history_module
 from executor.runs.history import RunHistory, _row
 from executor.runs.outbox import Backoff, Outbox
 from executor.sql import (
@@ -195,6 +196,34 @@ def test_the_history_records_a_group_of_runs_in_one_statement(pg_url: str) -> No
         assert b is not None and b.job_id == 11 and b.result is not None
         assert b.result.actions == result("group-b").actions
         assert history.count() == 2
+    finally:
+        history.close()
+
+
+def test_a_group_of_big_runs_is_recorded_a_statement_of_rows_at_a_time(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Probe 157: every run's JSON at once, six times its output for control characters.
+    history = RunHistory(pg_url, retention_days=1, max_runs=100)
+    monkeypatch.setattr(history_module, "PG_STATEMENT_BYTES", 4000)
+    statements: list[int] = []
+    insert_rows = history._insert_rows
+
+    def counted(rows: list[tuple[object, ...]]) -> int:
+        statements.append(len(rows))
+        return insert_rows(rows)
+
+    monkeypatch.setattr(history, "_insert_rows", counted)
+    big = [
+        dataclasses.replace(result(f"big-{n}"), stdout="\x01" * 200) for n in range(5)
+    ]  # ~1.9 kB rows
+    try:
+        history.record_many([(invocation(r.invocation_id), r, 1.0 + n) for n, r in enumerate(big)])
+        assert statements == [2, 2, 1]
+        assert history.count() == 5
+        stored = history.get("big-4")
+        assert stored is not None and stored.result is not None
+        assert stored.result.stdout == "\x01" * 200
     finally:
         history.close()
 

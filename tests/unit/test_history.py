@@ -22,6 +22,7 @@ from executor.model import (
     RunResult,
     Usage,
 )
+from executor.runs import history as history_module
 from executor.runs.history import RunHistory, RunIdentity, result_from_json, result_to_json
 from tests.helpers.clock import Clock
 from tests.helpers.sqlite_memory import sqlite_memory_used
@@ -344,6 +345,35 @@ def test_runs_with_large_outputs_leave_the_history_under_its_bytes_newest_first(
     # file stays near the bound instead of growing by each commit's runs.
     assert file_bytes(tmp_path / "runs.db") <= 4 * MIB + MIB // 4
     history.close()
+
+
+def test_a_group_of_runs_is_written_one_runs_row_at_a_time(
+    history: RunHistory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Probe 157: a run's JSON can be six times its output (a control character is
+    # \u0001); a group of 2 x 16 MiB runs built every row first, 1.6 GB at once.
+    steps: list[str] = []
+    build_row = history_module._row
+
+    def row(invocation: Invocation, result: RunResult, started_at: float) -> tuple[object, ...]:
+        steps.append(f"row {result.invocation_id}")
+        return build_row(invocation, result, started_at)
+
+    class Watched:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self._db = db
+
+        def execute(self, sql: str, parameters: object = ()) -> sqlite3.Cursor:
+            if sql.startswith("INSERT"):
+                steps.append(f"insert {parameters[0]}")  # type: ignore[index]
+            return self._db.execute(sql, parameters)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(history_module, "_row", row)
+    monkeypatch.setattr(history, "_db", Watched(history._db))  # type: ignore[arg-type]
+    history.record_many([(invocation(name), result(name), 1.0) for name in ("a", "b", "c")])
+    assert steps == ["row a", "insert a", "row b", "insert b", "row c", "insert c"]
+    monkeypatch.undo()
+    assert history.count() == 3
 
 
 def test_the_newest_run_is_kept_even_when_it_alone_is_larger_than_the_bound(
