@@ -52,8 +52,21 @@ def _suite_uid_base() -> int:
     raise RuntimeError(f"every test uid base in {DEFAULT_TEST_UID_BASES} is held by a suite")
 
 
+def _without_the_shells_settings() -> None:
+    """Drop the ``CBEXEC_*`` settings of the shell the suite runs in (its own knobs stay).
+
+    A shell that configures a service beside the suite (``CBEXEC_SANDBOX_UID_BASE``,
+    ``CBEXEC_DATA_DIR``, ...) gave them to every executor a test starts: the service's
+    uids and data dir, refused as held (probe 164). Each test sets what it needs.
+    """
+    for name in [n for n in os.environ if n.startswith("CBEXEC_")]:
+        if not name.startswith("CBEXEC_TEST_"):
+            del os.environ[name]
+
+
 TEST_UID_BASE = _suite_uid_base()
-os.environ.setdefault("CBEXEC_SANDBOX_UID_BASE", str(TEST_UID_BASE))
+_without_the_shells_settings()
+os.environ["CBEXEC_SANDBOX_UID_BASE"] = str(TEST_UID_BASE)
 
 
 @dataclass

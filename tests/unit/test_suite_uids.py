@@ -31,3 +31,34 @@ def test_a_suite_beside_this_one_takes_a_base_this_one_does_not_hold() -> None:
     base = int(other.stdout)
     assert base in DEFAULT_TEST_UID_BASES
     assert base != TEST_UID_BASE
+
+
+def test_a_suite_leaves_out_the_cbexec_settings_of_its_shell(tmp_path: Path) -> None:
+    # Probe 164: a shell configuring a service beside the suite (its uids, its data dir)
+    # gave them to every executor a test started, refused as held by the service.
+    env = {
+        **os.environ,
+        "CBEXEC_SANDBOX_UID_BASE": "64000",
+        "CBEXEC_DATA_DIR": str(tmp_path),
+        "CBEXEC_TEST_UID_BASE": str(TEST_UID_BASE),
+        "CBEXEC_TEST_CHROMIUM": "/usr/bin/chromium",
+    }
+    code = (
+        "import os, tests.conftest\n"
+        "print(sorted((n, v) for n, v in os.environ.items() if n.startswith('CBEXEC_')))"
+    )
+    seen = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert seen.stdout.strip() == str(
+        [
+            ("CBEXEC_SANDBOX_UID_BASE", str(TEST_UID_BASE)),
+            ("CBEXEC_TEST_CHROMIUM", "/usr/bin/chromium"),
+        ]
+    )
