@@ -131,6 +131,10 @@ class SupervisorReachability(Protocol):
         """Why the last call that found it unreachable did, kept after an answer ("" before any)."""
         ...
 
-    async def until_answering(self) -> None:
-        """Return once it answers (at once unless it is known unreachable)."""
+    async def until_answering(self, *, again: bool = False) -> None:
+        """Return once it answers (at once unless it is known unreachable).
+
+        ``again``: a re-run failed for the outage since the last wait; the waits between
+        looks go on growing from that one's instead of starting over.
+        """
         ...

@@ -259,7 +259,7 @@ class GrpcReportTransport:
     def __init__(
         self, channel: grpc.aio.Channel, timeout_s: float, reach: SupervisorReach | None = None
     ) -> None:
-        """``reach`` is told what each call found of the supervisor's reach."""
+        """``reach`` is told of each call that found the supervisor away; an answer tells it nothing."""
         self._reach = reach
         self._channel = channel
         self._stub = supervisor_stub(channel)
@@ -291,12 +291,10 @@ class GrpcReportTransport:
             if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 self._patience_s = min(self._patience_s * 2, self._timeout_s * MAX_PATIENCE_FACTOR)
             if self._reach is not None:
-                self._reach.noted(
-                    err, wrote=True, took_it_all=time.monotonic() - started >= self._timeout_s
+                self._reach.report_failed(
+                    err, took_it_all=time.monotonic() - started >= self._timeout_s
                 )
             raise
-        if self._reach is not None:
-            self._reach.answered(wrote=True)
         if time.monotonic() - started < self._timeout_s:
             self._patience_s = self._timeout_s
         if response is None:

@@ -196,11 +196,11 @@ class GrpcSupervisor:
         except grpc.aio.AioRpcError as err:
             took_it_all = time.monotonic() - started >= self._timeout_s
             if self._reach is not None:
-                self._reach.noted(err, wrote=acts, took_it_all=took_it_all)
+                self._reach.noted(err, acted=acts, took_it_all=took_it_all)
             ran_out_of_s = self._timeout_s if took_it_all else None
             raise host_error(err, ran_out_of_s=ran_out_of_s, acts=acts) from err
         if self._reach is not None:
-            self._reach.answered(wrote=acts)
+            self._reach.answered(acted=acts)
         if response is None:
             raise malformed_answer(method, acts=acts)
         return response

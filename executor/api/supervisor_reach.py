@@ -2,18 +2,23 @@
 
 The executor learns it from its own calls: a ``qb`` call (``GrpcSupervisor``) or a result
 report (``GrpcReportTransport``) that met UNAVAILABLE or ran out of its deadline says
-``lost``, any answer says ``answered``. The firing worker holds fired runs while it is
-lost (``executor.triggers.firings``) and waits in ``until_answering``: the channel's
-connectivity first (gRPC reconnects with its own backoff, 2 s at most; waiting on a
-state change costs nothing), then one cheap real call, a JobInfo of job 0 that reads no
-agenda, since a proxy in front of a supervisor that is down accepts connections too.
-Any answer but UNAVAILABLE or DEADLINE_EXCEEDED (NOT_FOUND, say) means it answers.
+``lost``; a ``qb`` call's answer says ``answered``. A report's answer says nothing: a
+supervisor may take results while its job calls are down (a split backend behind a
+proxy), and a hold that such an answer ended re-ran a firing that failed for the outage
+about every 0.1 s while it lasted (probe 160). The firing worker holds fired runs while
+it is lost (``executor.triggers.firings``) and waits in ``until_answering``: the
+channel's connectivity first (gRPC reconnects with its own backoff, 2 s at most; waiting
+on a state change costs nothing), then one cheap real call, a JobInfo of job 0 that
+reads no agenda, since a proxy in front of a supervisor that is down accepts
+connections too. Any answer but UNAVAILABLE or DEADLINE_EXCEEDED (NOT_FOUND, say) means
+it answers. The waits between looks grow, and go on growing in the hold that follows a
+re-run which failed for the outage again (``again``), rather than starting over.
 
 The embedded supervisor answers UNAVAILABLE only while ``supervisor.db`` takes no write
 (another process holds its write lock, a full disk), and its reads go on meanwhile: an
 answered read says nothing of what failed. So for it (``write_check``) only an answered
-action or report, or a write to ``supervisor.db`` that the look itself tries, says it
-answers (probe 141: the hold ended after 0.0 s and the effects it held were lost).
+action, or a write to ``supervisor.db`` that the look itself tries, says it answers
+(probe 141: the hold ended after 0.0 s and the effects it held were lost).
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class SupervisorReach:
         self._why = ""
         self._last_why = ""
         self._losses = 0
+        # The looks that found it away since the wait last started over (``until_answering``).
+        self._looks = 0
 
     @property
     def losses(self) -> int:
@@ -75,8 +82,7 @@ class SupervisorReach:
     def last_unreachable(self) -> str:
         """Why the last call that found it unreachable did, kept after an answer ("" before any).
 
-        A hold says it while it lasts: another call's answer does not end it until the
-        hold looks again, and its own probe may find it away once more.
+        A hold says it while it lasts, whatever other calls meet meanwhile.
         """
         return self._last_why
 
@@ -88,44 +94,63 @@ class SupervisorReach:
         self._losses += 1
         self._why = self._last_why = why
 
-    def answered(self, *, wrote: bool) -> None:
-        """A call got an answer (any status the supervisor gave, or a response).
+    def answered(self, *, acted: bool) -> None:
+        """A ``qb`` call got an answer (any status the supervisor gave, or a response).
 
-        ``wrote``: the call was an action or a report, not a read; the embedded
-        supervisor's read says nothing of its writes (module doc).
+        ``acted``: the call was an action, not a read; the embedded supervisor's read
+        says nothing of its writes (module doc). A result report's answer is not one
+        (``report_failed``).
         """
-        if wrote or self._write_check is None:
+        if acted or self._write_check is None:
             self._why = ""
 
-    def noted(self, err: grpc.aio.AioRpcError, *, wrote: bool, took_it_all: bool = True) -> None:
-        """Note what a failed call says of the reach: ``lost`` or ``answered``.
+    def noted(self, err: grpc.aio.AioRpcError, *, acted: bool, took_it_all: bool = True) -> None:
+        """Note what a failed ``qb`` call says of the reach: ``lost`` or ``answered``.
 
-        The codes of the outbox's UNREACHABLE_CODES are ``lost``, DEADLINE_EXCEEDED only
-        when the call took its whole deadline (``took_it_all``): one the supervisor
-        answered sooner is an answer. A CANCELLED call says neither: it may have been cut off on this side.
+        A CANCELLED call says neither: it may have been cut off on this side.
         """
-        code = err.code()
-        if code == grpc.StatusCode.UNAVAILABLE or (
-            code == grpc.StatusCode.DEADLINE_EXCEEDED and took_it_all
-        ):
+        if _found_away(err, took_it_all=took_it_all):
             self.lost(err)
-        elif code != grpc.StatusCode.CANCELLED:
-            self.answered(wrote=wrote)
+        elif err.code() != grpc.StatusCode.CANCELLED:
+            self.answered(acted=acted)
 
-    async def until_answering(self) -> None:
-        """Return once the supervisor answers (at once unless it is known unreachable)."""
-        looks = 0
+    def report_failed(self, err: grpc.aio.AioRpcError, *, took_it_all: bool) -> None:
+        """A result report failed: ``lost`` if it found the supervisor away.
+
+        A report's answer, an error or a response, marks nothing reachable (module doc).
+        """
+        if _found_away(err, took_it_all=took_it_all):
+            self.lost(err)
+
+    async def until_answering(self, *, again: bool = False) -> None:
+        """Return once the supervisor answers (at once unless it is known unreachable).
+
+        Only the look's answer, or a ``qb`` call's meanwhile, ends the wait. ``again``:
+        a re-run failed for the outage after the last wait ended; it counts as one more
+        look that found the supervisor away, so the waits go on growing from where that
+        one's stopped and the first look comes after one (else they start over at
+        0.1 s and the first look is at once).
+        """
+        if not self._why:
+            return
+        if again:
+            await self._wait_after_look()
+        else:
+            self._looks = 0
         while self._why:
-            state = self._channel.get_state(try_to_connect=True)
-            if state == grpc.ChannelConnectivity.READY:
+            if self._channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
                 await self._probe()
                 if not self._why:
                     return
-            looks += 1
-            # Woken early by a change of the channel's state (connected, say).
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._backoff.delay(looks, self._rng)):
-                    await self._channel.wait_for_state_change(state)
+            await self._wait_after_look()
+
+    async def _wait_after_look(self) -> None:
+        """The backoff's next wait, cut short by a change of the channel's state (connected, say)."""
+        self._looks += 1
+        state = self._channel.get_state()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._backoff.delay(self._looks, self._rng)):
+                await self._channel.wait_for_state_change(state)
 
     async def _probe(self) -> None:
         """One cheap real call: whatever it is answered, but not unreachable, is an answer.
@@ -137,13 +162,25 @@ class SupervisorReach:
             if refusal:  # in the words its actions are answered with
                 self._lost(f"{grpc.StatusCode.UNAVAILABLE.name}: {refusal}")
             else:
-                self.answered(wrote=True)
+                self._why = ""
             return
         request = supervisor_pb2.JobInfoRequest(id=0, agenda=supervisor_pb2.AGENDA_SCOPE_NONE)
         started = time.monotonic()
         try:
             await self._stub.JobInfo(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as err:
-            self.noted(err, wrote=False, took_it_all=time.monotonic() - started >= self._timeout_s)
+            self.noted(err, acted=False, took_it_all=time.monotonic() - started >= self._timeout_s)
             return
-        self.answered(wrote=False)
+        self.answered(acted=False)
+
+
+def _found_away(err: grpc.aio.AioRpcError, *, took_it_all: bool) -> bool:
+    """Whether a failed call found the supervisor unreachable.
+
+    UNAVAILABLE, or DEADLINE_EXCEEDED when the call took its whole deadline
+    (``took_it_all``): one the supervisor answered sooner is an answer.
+    """
+    code = err.code()
+    return code == grpc.StatusCode.UNAVAILABLE or (
+        code == grpc.StatusCode.DEADLINE_EXCEEDED and took_it_all
+    )

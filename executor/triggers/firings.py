@@ -33,14 +33,17 @@ queue holds; a firing leaves the queue when its run has ended:
   the firing leaves the queue all the same, so that it does not replay at every start.
 * While the supervisor is known to be unreachable (a ``qb`` call or a result report met
   UNAVAILABLE or its deadline), no fired run starts: the worker holds them all, in
-  their order, until the supervisor answers again (``SupervisorReachability``), logging
-  once as it holds and once as it resumes. A run already going when the outage began
+  their order, until the supervisor answers again (``SupervisorReachability``: its look,
+  or a ``qb`` call; not a result report's answer, probe 160), logging once as it holds
+  and once as it resumes. A run already going when the outage began
   fails as the callback's ``qb`` call does; one that ended FAILED with
   ``SupervisorUnavailable`` while the supervisor was found unreachable is run again
   under its invocation id after the hold (its actions are deduplicated per
   ``(invocation_id, action_seq)``; its result replaces the failed one's record), and so
   on each time it fails so: while the look finds the supervisor away, the outage is real
-  and the firing waits it out, its effects applied once it answers (probe 141). A look
+  and the firing waits it out, its effects applied once it answers (probe 141); the hold
+  after such a re-run goes on with the last one's backoff, so the re-runs come further
+  and further apart while they fail so. A look
   that finds it answering at once after such a failure (no call found it away since) is
   a supervisor that answers the look but refuses the callback's calls: one such look per
   firing still lets it run again (``OUTAGE_RERUNS``); after a second, its failure is the
@@ -341,7 +344,7 @@ class FiringWorker:
         Returns its result and whether this replica's claim on it held to the end; in a
         fleet, a firing whose claim was lost before its run started is not run (None, False).
         """
-        refusals = answered_at_once = 0
+        refusals = answered_at_once = outage_failures = 0
         while True:
             if not await self._still_claimed(firing):
                 self._queued_ids.discard(firing.invocation_id)
@@ -385,8 +388,11 @@ class FiringWorker:
                 )
                 result = None
             if self._reach is not None and self._failed_for_outage(result, losses):
+                outage_failures += 1
                 certain = answered_at_once < OUTAGE_RERUNS
-                if not await self._found_away_while_held(firing, self._reach, certain=certain):
+                if not await self._found_away_while_held(
+                    firing, self._reach, certain=certain, again=outage_failures > 1
+                ):
                     answered_at_once += 1  # the look disagrees with the calls
                 if answered_at_once <= OUTAGE_RERUNS:
                     queued_at = time.monotonic()  # a run of its own: its wait starts again
@@ -408,12 +414,13 @@ class FiringWorker:
         raise AssertionError("unreachable: only close ends the wait")
 
     async def _found_away_while_held(
-        self, firing: PendingFiring, reach: SupervisorReachability, *, certain: bool
+        self, firing: PendingFiring, reach: SupervisorReachability, *, certain: bool, again: bool
     ) -> bool:
         """After its run failed for the outage: hold it, then whether a call found the supervisor away.
 
         The hold's own look, or any other call, after the run ended. ``certain``: it runs
-        again whatever the look finds (the log says so).
+        again whatever the look finds (the log says so). ``again``: a re-run failed so,
+        and the hold's waits go on from the last hold's (``until_answering``).
         """
         logger.warning(
             "firing %s of callback %s failed because the supervisor was unreachable; %s",
@@ -425,7 +432,7 @@ class FiringWorker:
             "away meanwhile",
         )
         losses = reach.losses
-        await self._until_supervisor_answers()
+        await self._until_supervisor_answers(again=again)
         return reach.losses > losses
 
     def _failed_for_outage(self, result: RunResult | None, losses: int) -> bool:
@@ -444,18 +451,24 @@ class FiringWorker:
             and self._reach.losses > losses
         )
 
-    async def _until_supervisor_answers(self) -> None:
-        """Wait, with every other fired run, while the supervisor is known to be unreachable."""
+    async def _until_supervisor_answers(self, *, again: bool = False) -> None:
+        """Wait, with every other fired run, while the supervisor is known to be unreachable.
+
+        ``again``: a re-run failed for the outage; a hold it starts goes on with the last
+        hold's backoff (one already going is joined as it is).
+        """
         reach = self._reach
         if reach is None or not reach.unreachable:
             return
         if self._hold is None:
             self._held_since = time.monotonic()
-            self._hold = asyncio.get_running_loop().create_task(self._hold_while_away(reach))
+            self._hold = asyncio.get_running_loop().create_task(
+                self._hold_while_away(reach, again=again)
+            )
         # Shielded: one run's cancellation (close) must not end the others' wait.
         await asyncio.shield(self._hold)
 
-    async def _hold_while_away(self, reach: SupervisorReachability) -> None:
+    async def _hold_while_away(self, reach: SupervisorReachability, *, again: bool) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         logger.warning(
@@ -465,7 +478,7 @@ class FiringWorker:
             len(self._queued_ids),
         )
         try:
-            await reach.until_answering()
+            await reach.until_answering(again=again)
         finally:
             self._hold = None
         logger.info(

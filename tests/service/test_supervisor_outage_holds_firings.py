@@ -266,8 +266,8 @@ async def test_a_run_failing_for_each_outage_runs_again_after_each(
     caplog.set_level(logging.INFO, logger="executor.triggers.firings")
     async with (
         _farm(tmp_path, ProbeHoldingSupervisor) as (endpoint, job_id),
-        # No reports: an answered one would end a hold as its look does.
-        _executor(tmp_path, endpoint, report_results=False) as running,
+        # The failed runs' reports are answered meanwhile: that ends no hold (probe 160).
+        _executor(tmp_path, endpoint) as running,
         ExecutorClient(f"127.0.0.1:{running.port}") as client,
     ):
         servicer = endpoint.servicer
@@ -351,3 +351,108 @@ async def test_the_held_text_keeps_its_reason_and_clock_while_the_hold_goes_on(
     assert _held_for_s(lost_again) >= _held_for_s(answered)
     assert "1" not in blocked  # the run held went on once the supervisor answered
     assert len(_lines(caplog, RESUMING)) == 1, caplog.text
+
+
+async def test_an_acknowledged_report_does_not_end_the_hold(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Probe 160 F1: the job calls and the look refused UNAVAILABLE, the reports taken.
+
+    Before, the failed run's acknowledged report ended the hold, and the one firing ran
+    again about every 0.1 s while the outage lasted (14 runs in 5 s, 28 in 20 s), its
+    effects outside ``qb`` repeated each time; now it waits the outage out, once.
+    """
+    caplog.set_level(logging.INFO, logger="executor.triggers.firings")
+    async with (
+        _farm(tmp_path, BrieflyUnavailableSupervisor) as (endpoint, job_id),
+        _executor(tmp_path, endpoint) as running,
+        ExecutorClient(f"127.0.0.1:{running.port}") as client,
+    ):
+        servicer = endpoint.servicer
+        assert isinstance(servicer, BrieflyUnavailableSupervisor)
+        callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
+        await client.register_job(
+            {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
+        )
+        servicer.unavailable["JobInfo"] = servicer.unavailable["WorkAction"] = 10**6
+        waiting = asyncio.ensure_future(
+            client.publish_event(
+                name="complete", type="work", job_id=job_id, work_name="1", wait=True
+            )
+        )
+        assert await eventually(lambda: _lines(caplog, HOLDING), timeout_s=20)
+        assert await eventually(lambda: servicer.applied, timeout_s=20)  # its report taken
+        await asyncio.sleep(4.0)
+        during = dict((await client.get_metrics()).runs_by_outcome)
+        servicer.unavailable["JobInfo"] = servicer.unavailable["WorkAction"] = 0
+        answer = await asyncio.wait_for(waiting, 30)
+        runs = dict((await client.get_metrics()).runs_by_outcome)
+        blocked = _blocked(endpoint, job_id)
+    assert during == {"FAILED": 1}, during
+    (fired,) = answer.fired
+    assert executor_pb2.Outcome.Name(fired.result.outcome) == "OUTCOME_SUCCEEDED", fired
+    assert runs == {"FAILED": 1, "SUCCEEDED": 1}, runs
+    assert "1" not in blocked
+    assert len(_lines(caplog, RESUMING)) == 1, caplog.text
+
+
+class FlappingLookSupervisor(BrieflyUnavailableSupervisor):
+    """While ``flapping``, answers the hold's looks (JobInfo of job 0) UNAVAILABLE and as ever in turn."""
+
+    def __init__(self, store: ReferenceSupervisor, delay_s: float = 0.0) -> None:
+        super().__init__(store, delay_s)
+        self.flapping = False
+        self.looks = 0
+
+    async def JobInfo(
+        self, request: supervisor_pb2.JobInfoRequest, context: Any
+    ) -> supervisor_pb2.JobInfoResponse:
+        if request.id == 0 and self.flapping:
+            self.looks += 1
+            if self.looks % 2:
+                self.unavailable["JobInfo"] += 1
+        return await super().JobInfo(request, context)
+
+
+async def test_re_runs_that_fail_again_wait_longer_each_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each hold's look finds the supervisor away, then answering; the action stays refused.
+
+    Every re-run fails for the outage again after a look found it away, so none is the
+    firing's result; the waits go on growing from one hold to the next (0.1 s doubling up
+    to 5 s) rather than starting at 0.1 s again, so the firing does not run ten times
+    a second while that lasts.
+    """
+    caplog.set_level(logging.INFO, logger="executor.triggers.firings")
+    async with (
+        _farm(tmp_path, FlappingLookSupervisor) as (endpoint, job_id),
+        _executor(tmp_path, endpoint) as running,
+        ExecutorClient(f"127.0.0.1:{running.port}") as client,
+    ):
+        servicer = endpoint.servicer
+        assert isinstance(servicer, FlappingLookSupervisor)
+        callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
+        await client.register_job(
+            {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
+        )
+        servicer.flapping = True
+        servicer.unavailable["WorkAction"] = 10**6
+        waiting = asyncio.ensure_future(
+            client.publish_event(
+                name="complete", type="work", job_id=job_id, work_name="1", wait=True
+            )
+        )
+        assert await eventually(lambda: _lines(caplog, HOLDING), timeout_s=20)
+        await asyncio.sleep(4.0)
+        during = dict((await client.get_metrics()).runs_by_outcome)
+        servicer.flapping = False
+        servicer.unavailable["WorkAction"] = 0
+        answer = await asyncio.wait_for(waiting, 30)
+        blocked = _blocked(endpoint, job_id)
+    # Waits of at least 0.05 + 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 2.5 s: 4 s hold 4 runs or so.
+    assert set(during) == {"FAILED"} and during["FAILED"] <= 5, during
+    (fired,) = answer.fired
+    assert executor_pb2.Outcome.Name(fired.result.outcome) == "OUTCOME_SUCCEEDED", fired
+    assert "1" not in blocked
+    assert not _lines(caplog, "is not run again"), caplog.text
