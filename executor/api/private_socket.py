@@ -37,6 +37,9 @@ class PrivateSocket:
 
     path: Path
     inode: tuple[int, int]
+    # The directory made for it in the system's temp dir (a data dir path too long for a
+    # Unix socket), removed with it; None: it is in the data dir.
+    own_dir: Path | None = None
 
     @property
     def address(self) -> str:
@@ -51,6 +54,9 @@ class PrivateSocket:
             found = os.lstat(self.path)
             if (found.st_dev, found.st_ino) == self.inode:
                 self.path.unlink()
+        if self.own_dir is not None:  # left at every stop before (probe 164)
+            with contextlib.suppress(OSError):
+                self.own_dir.rmdir()
 
 
 def listen(server: grpc.aio.Server, path: Path, what: str) -> PrivateSocket:
@@ -60,8 +66,21 @@ def listen(server: grpc.aio.Server, path: Path, what: str) -> PrivateSocket:
     long for a Unix socket is given up for one in a new 0700 directory in the system's
     temp dir. ConfigError, naming ``what``, when it cannot be bound.
     """
+    own_dir = None
     if len(str(path.parent)) + max(len(path.name) + 1, _STAGED_EXTRA) > MAX_UNIX_SOCKET_PATH:
-        path = Path(tempfile.mkdtemp(prefix="cbexec-")) / path.name
+        own_dir = Path(tempfile.mkdtemp(prefix="cbexec-"))
+        path = own_dir / path.name
+    try:
+        return _bind(server, path, what, own_dir)
+    except ConfigError:
+        if own_dir is not None:
+            with contextlib.suppress(OSError):
+                own_dir.rmdir()
+        raise
+
+
+def _bind(server: grpc.aio.Server, path: Path, what: str, own_dir: Path | None) -> PrivateSocket:
+    """``listen``'s binding: staged in a 0700 directory beside ``path``, then renamed to it."""
     try:
         staging = Path(tempfile.mkdtemp(prefix=".", dir=path.parent))
     except OSError as err:
@@ -81,4 +100,4 @@ def listen(server: grpc.aio.Server, path: Path, what: str) -> PrivateSocket:
             staged.unlink()  # only when the rename did not happen
         with contextlib.suppress(OSError):
             staging.rmdir()
-    return PrivateSocket(path, (found.st_dev, found.st_ino))
+    return PrivateSocket(path, (found.st_dev, found.st_ino), own_dir)
