@@ -254,6 +254,7 @@ class BookkeepingWriter:
                 batch, self._queue = self._queue, []
                 if not batch and self._closing:
                     self._give_up_unlogged()
+                    self._give_up_unrecorded()
                     return
             try:
                 if batch:
@@ -429,6 +430,20 @@ class BookkeepingWriter:
                 _some((e.result.invocation_id for e in self._unlogged), 20),
             )
             self._unlogged = []
+
+    def _give_up_unrecorded(self) -> None:
+        """At the stop: the runs the history never took are not written now, said once.
+
+        Their outbox rows keep their notes, so the next start rebuilds them (``recovery``).
+        """
+        if self._unrecorded:
+            logger.warning(
+                "stopping with %d runs the history did not take (runs %s): the next start"
+                " rebuilds them from the outbox",
+                len(self._unrecorded),
+                _some((e.result.invocation_id for e in self._unrecorded), 20),
+            )
+            self._unrecorded = []
 
     def _record_unrecorded(self) -> None:
         records, self._unrecorded = self._unrecorded, []

@@ -85,7 +85,8 @@ def _recover(outbox: Outbox, history: RunHistory, callback_log: CallbackLog) -> 
         # after it finds these runs in the history, with nothing left to rebuild.
         logger.warning(
             "rebuilt the history record and .cb entry of %d runs answered just before the"
-            " executor stopped without writing them (a crash or kill -9)",
+            " executor stopped without writing them (a crash, a kill -9, or a stop while"
+            " the history refused them)",
             len(runs),
         )
     outbox.forget_notes([row.seq for row in kept])

@@ -361,6 +361,22 @@ def test_a_stop_says_which_cb_entries_the_log_never_took(
     assert "stopping with 1 .cb entries the callback log did not take (runs run-0)" in caplog.text
 
 
+def test_a_stop_says_which_runs_the_history_never_took(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Probe 166: a stop while runs.db was locked said nothing; the next start called
+    # the runs it rebuilt a crash's.
+    history = FullDisk(tmp_path / "runs.db", retention_days=1, max_runs=1000)
+    history.transactions = []
+    writer = BookkeepingWriter(history, CallbackLog(tmp_path / "logs", 1 << 20), Metrics())
+    submit(writer, "run-0")
+    writer.close()
+    assert (
+        "stopping with 1 runs the history did not take (runs run-0): the next start rebuilds"
+        " them from the outbox" in caplog.text
+    )
+
+
 def submit_for(writer: BookkeepingWriter, job_id: int, inv_id: str) -> None:
     now = time.time()
     writer.submit(invocation(inv_id, job_id), result(inv_id), ended_at=now, started_at=now - 0.5)

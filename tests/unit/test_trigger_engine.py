@@ -575,6 +575,14 @@ async def test_why_takes_any_work_item_of_a_job_registered_without_an_agenda(
     engine.register_job(job(7, ("complete-work-self-{work}", "x")))
     (explained,) = engine.explain(7, work_name="zz").callbacks
     assert explained.callback.callback_id == 1 and explained.per_work
+    # But none longer than any name can be (probe 166: 16 MiB asked, 217 MB answered).
+    with pytest.raises(NotFoundError) as raised:
+        engine.explain(7, work_name="x" * (16 << 20))
+    assert str(raised.value) == (
+        f"job 7 has no work item '{'x' * 33}…[{(16 << 20) - 33} more characters]': it is"
+        " 16777216 characters, and a work item's name is at most 1024"
+    )
+    assert engine.explain(7, work_name="x" * 1024).callbacks
 
 
 # -- the firing worker ----------------------------------------------------------------------
