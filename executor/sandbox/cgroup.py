@@ -40,8 +40,10 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from executor.open_files import out_of_descriptors
+from executor.sandbox import freezer
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,10 @@ READ_CHUNK = 64 << 10
 # made a cgroup in a cell (v1 gives its files to whoever makes it), parked processes
 # there against the cell's pids and memory limits, and they outlived the runs (probe 108).
 CGROUP_DIR_MODE = 0o755
+
+# How long the killed processes of a cell being removed (a dead executor's, or ours at
+# a stop) get to die and be reaped before the cell is found impossible to remove.
+REMOVE_WAIT_S: Final = 1.0
 
 # Names tried for one pool before giving up (each taken one was made by another executor).
 MAX_POOL_NAMES = 64
@@ -136,7 +142,9 @@ def _remove_stale(root: Path) -> None:
     held pool is a running executor's, whatever its PID namespace. An unheld one may
     still be an executor's of an earlier version, which takes no lock: while its pid
     runs it is kept, as that version kept it. Cells that still hold processes (a dead
-    executor's orphans) are killed first.
+    executor's orphans) are killed first; one that cannot be removed even so (a process
+    a freezer holds that could not be let out, one stuck in the kernel) is said with a
+    WARNING, and tried again at the next start.
     """
     for pool in root.glob(f"{PREFIX}*"):
         owner = pool.name[len(PREFIX) :].partition(".")[0]
@@ -149,12 +157,17 @@ def _remove_stale(root: Path) -> None:
         if fd is None:
             continue  # its executor runs, in another PID namespace
         try:
-            for cell in pool.glob("cell-*"):
-                _kill_and_remove(cell)
-            with contextlib.suppress(OSError):
-                pool.rmdir()
+            kept = [why for cell in pool.glob("cell-*") for why in _kill_and_remove(cell)]
+            kept = kept or _remove(pool)  # (a cell kept keeps its pool: said once)
         finally:
             os.close(fd)
+        if kept:
+            logger.warning(
+                "the cgroups of a dead executor (%s) could not all be removed; they are "
+                "tried again at the next start: %s",
+                pool,
+                "; ".join(kept),
+            )
 
 
 def _read_whole(fd: int) -> bytes:
@@ -190,17 +203,49 @@ def _below(cgroup: Path) -> list[Path]:
     return found
 
 
-def _kill_and_remove(cgroup: Path) -> None:
+def _kill_and_remove(cgroup: Path) -> list[str]:
     """SIGKILL what ``cgroup`` and the cgroups made inside it hold, and remove them all.
 
-    Inside first: a cgroup with one inside cannot be removed.
+    Inside first: a cgroup with one inside cannot be removed. A process a v1 freezer
+    holds is let out of it first (``freezer.thaw``): frozen, it would not die. Returns
+    why each cgroup that stays could not be removed (none: all are gone).
     """
-    for group in [*_below(cgroup), cgroup]:
+    groups = [*_below(cgroup), cgroup]
+    for group in groups:
         for pid in _pids_in(group):
+            freezer.thaw(pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            group.rmdir()
+    deadline = time.monotonic() + REMOVE_WAIT_S
+    return [why for group in groups for why in _remove(group, deadline)]
+
+
+def _remove(cgroup: Path, deadline: float = 0.0) -> list[str]:
+    """Remove the cgroup, trying until ``deadline`` while its killed processes end; why not, if not."""
+    while True:
+        try:
+            cgroup.rmdir()
+        except FileNotFoundError:
+            return []
+        except OSError as err:
+            if err.errno == errno.EBUSY and time.monotonic() < deadline:
+                time.sleep(0.01)
+                continue
+            return [f"{cgroup}: {err.strerror}{_held_by(cgroup)}"]
+        return []
+
+
+def _held_by(cgroup: Path) -> str:
+    """What the cgroup still holds, and why each process did not end, for the log."""
+    held = []
+    for pid in _pids_in(cgroup):
+        frozen = freezer.frozen_by(pid)
+        held.append(
+            f"process {pid} frozen by the cgroup freezer {frozen}"
+            if frozen is not None
+            else f"process {pid} not ended by its SIGKILL"
+        )
+    return f" (it holds {', '.join(held)})" if held else ""
 
 
 def pool_name(pid: int, instance: int) -> str:
@@ -526,12 +571,16 @@ class CellCgroups:
         killed: list[int] = []
         deadline = time.monotonic() + timeout_s
         foreign = self._foreign(cell)
+        rounds = 0
         while True:
             own = self.pids(cell)
             strangers = [pid for group in foreign for pid in _pids_in(group)]
             if not own and not strangers:
                 break
+            rounds += 1
             for pid in (*own, *strangers):
+                if rounds == 2:  # outlived one SIGKILL: a v1 freezer's hold would keep it
+                    self._thaw(cell, pid)
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             killed.extend(p for p in own if p not in killed)
@@ -545,6 +594,18 @@ class CellCgroups:
             with contextlib.suppress(OSError):
                 group.rmdir()
         return killed
+
+    @staticmethod
+    def _thaw(cell: int, pid: int) -> None:
+        held = freezer.thaw(pid)
+        if held is not None:
+            logger.warning(
+                "cell %d: process %d was frozen from outside (cgroup freezer %s); let out "
+                "of it to be killed",
+                cell,
+                pid,
+                held,
+            )
 
     def _foreign(self, cell: int) -> list[Path]:
         """The cgroups someone made inside the cell, deepest first, said with a WARNING."""
@@ -561,15 +622,20 @@ class CellCgroups:
         return foreign
 
     def close(self) -> None:
-        """Kill what is left and remove the pools."""
+        """Kill what is left and remove the pools; a WARNING says what stays, and why."""
         for fd in self._readers.values():
             os.close(fd)
         self._readers.clear()
         for pool in set(self._pools.values()):
-            for cell_dir in pool.glob("cell-*"):
-                _kill_and_remove(cell_dir)
-            with contextlib.suppress(OSError):
-                pool.rmdir()
+            kept = [why for cell in pool.glob("cell-*") for why in _kill_and_remove(cell)]
+            kept = kept or _remove(pool)  # (a cell kept keeps its pool: said once)
+            if kept:
+                logger.warning(
+                    "the executor's cgroups (%s) could not all be removed; the next start "
+                    "removes them: %s",
+                    pool,
+                    "; ".join(kept),
+                )
         for lock in self._locks:
             os.close(lock)
         self._locks.clear()

@@ -22,6 +22,8 @@ import select
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+from executor.sandbox import freezer
+
 
 class RunStop:
     """A request to end one run early, and the reason its failure will report."""
@@ -108,9 +110,11 @@ def has_ended(pid: int) -> bool:
 
 
 def is_stopped(pid: int) -> bool:
-    """Whether ``pid`` is stopped (SIGSTOP, a tracer): it would read nothing sent to it.
+    """Whether ``pid`` is stopped (SIGSTOP, a tracer) or frozen: it would read nothing sent to it.
 
     Its state in /proc/<pid>/stat, a read of a few microseconds; False when it is gone.
+    Only a process in ``D``, as the v1 freezer shows its tasks, has its cgroup's freezer
+    read too (``freezer``). A v2 freeze shows ``S``, as any idle child: not seen here.
     """
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
@@ -124,7 +128,8 @@ def is_stopped(pid: int) -> bool:
         os.close(fd)
     # "pid (comm) S ...": comm may hold ") ", so the state follows the last ")".
     end = stat.rfind(b")")
-    return end >= 0 and stat[end + 2 : end + 3] in (b"T", b"t")
+    state = stat[end + 2 : end + 3] if end >= 0 else b""
+    return state in (b"T", b"t") or (state == b"D" and freezer.frozen_by(pid) is not None)
 
 
 def signal_group(pgid: int, signum: int) -> None:

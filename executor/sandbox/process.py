@@ -27,6 +27,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -41,7 +42,7 @@ from executor.model import Limits, Outcome, Usage
 from executor.policies import DEFAULT_UMASK, Policy, directories_now
 from executor.process_limit import OUT_OF_PROCESSES
 from executor.runtimes.child import CHILD_RUNTIMES, ChildRuntime
-from executor.sandbox import host_limits
+from executor.sandbox import freezer, host_limits
 from executor.sandbox import limits as sandbox_limits
 from executor.sandbox.bridge import BridgeServer, CallHandler, send_now
 from executor.sandbox.capture import CapturedStream, PipeReader
@@ -72,6 +73,12 @@ DRAIN_TIMEOUT_S: Final = 2.0
 # before, and its output is read at its end. A callback that fills a pipe sooner waits
 # at most this long for the reader.
 PIPES_WATCHED_AFTER_S: Final = 0.02
+# How long after its SIGKILL a child's end is waited for before its run is answered
+# without it (its slot held until it ends). A cgroup v1 freezer holds a killed process
+# until it is thawed: after the first part of this wait, the child is let out of one
+# (``freezer.thaw``); a process that still does not end stays in the kernel's hands.
+KILL_WAIT_S: Final = 2.0
+THAW_AFTER_S: Final = 0.25
 SAFE_PATH: Final = "/usr/local/bin:/usr/bin:/bin"
 # Set in every callback's environment, valued with the executor's pid, so a leak check can
 # find the processes (escaped ones included) that one executor started.
@@ -153,8 +160,8 @@ class SandboxOptions:
 def _ready(handle: ChildHandle) -> bool:
     """Whether a prepared child can take its run: alive, and not stopped from outside.
 
-    A stopped one (SIGSTOP of its uid, a freezer, a debugger) would never read its start
-    frame, and its run would end WALL_TIMEOUT blamed on a callback that never ran.
+    A stopped one (SIGSTOP of its uid, a cgroup v1 freezer, a debugger) would never read
+    its start frame, and its run would end WALL_TIMEOUT blamed on a callback that never ran.
     """
     if has_ended(handle.pid):
         return False
@@ -226,6 +233,9 @@ class _Child:
     server: BridgeServer | None = None
     # Until it fires, the pipes are read only at the run's end (see PIPES_WATCHED_AFTER_S).
     pipes_timer: asyncio.TimerHandle | None = None
+    # Killed and not ended within KILL_WAIT_S: the rest of its end (reap, the cell's
+    # escapes), which ``ending`` no longer waits for.
+    reaping: asyncio.Task[list[int]] | None = None
 
     def watch_pipes(self) -> None:
         """Read the pipes as output comes, from now on."""
@@ -282,6 +292,10 @@ class SandboxRunner:
         self._oom_kills: dict[int, int] = {}
         # Runs answered at their end mark whose children are still being ended.
         self._finishing: set[asyncio.Task[None]] = set()
+        # Set when the executor stops: children killed and not ended are waited for no more.
+        self._stopping = asyncio.Event()
+        # The ends of such children (``_reap_when_ended``), some awaited by no run.
+        self._unended: set[asyncio.Task[list[int]]] = set()
         # Runs refused for want of descriptors or processes, and the log lines that say so.
         self._shortage = Shortage()
 
@@ -537,6 +551,8 @@ class SandboxRunner:
                 fits = child.made_for == _made_for(runtime, limits, policy, self._secret_files)
                 if fits and _ready(child.handle):
                     return child
+                if fits:  # gone, stopped or frozen: a freezer would keep its SIGKILL from it
+                    self._thaw(child)
                 await self._dispose(child)
         return await self._start(runtime, limits, cell, policy)
 
@@ -585,14 +601,21 @@ class SandboxRunner:
         ]
 
     def stop_preparing(self) -> None:
-        """Start no child ahead from now on: the executor is stopping its runs."""
+        """Start no child ahead from now on: the executor is stopping its runs.
+
+        Nor wait for the end of a child killed already that is not ending
+        (``_reap_when_ended``): it is left to the kernel, which ends it once it can.
+        """
         self._closing = True
+        self._stopping.set()
 
     async def close(self) -> None:
         """Stop preparing and dispose of every prepared child (after the last run)."""
         self.stop_preparing()
         if self._finishing:
             await asyncio.wait(list(self._finishing))
+        if self._unended:
+            await asyncio.wait(list(self._unended))
         prepared, self._prepared = self._prepared, {}
         for task in prepared.values():
             try:
@@ -686,21 +709,25 @@ class SandboxRunner:
                     # bootstrap waits for our side of the bridge to close before it exits.
                     server.close()
                     await self._wait_for_exit(child.handle, deadline, stop, evidence)
-                    if self._cut_short(child, started, evidence):
-                        grace_s = self.options.grace_s
+                    grace_s = (
+                        self.options.grace_s if self._cut_short(child, started, evidence) else 0.0
+                    )
             finally:
                 if not answered_early:
                     # Every way out of the wait: shielded, so a second cancellation
                     # cannot cut it short (it finishes on its own; _release waits for it).
                     evidence.escaped_pids = await asyncio.shield(self._end(child, grace_s))
-            evidence.wall_seconds = time.monotonic() - began
-            self._exit_evidence(child, evidence, oom_kills_before)
+            if child.reaping is not None:
+                # Killed and not ended (KILL_WAIT_S): answered now, its slot held until then.
+                answered_early = True
+                return self._answer_unended(child, evidence, began, runtime, limits, policy)
+            self._exit_evidence(child, evidence, began, oom_kills_before)
             # Everything of the run that could write to the pipes and the bridge is dead.
             await self._drain(child)
         finally:
             if not answered_early:
-                await asyncio.shield(self._release(child))
-            if refused:  # the child never ran the code: the cell's next one, as below
+                await self._release_or_finish_later(child, runtime, limits, policy)
+            if refused and child.reaping is None:  # never ran: the cell's next one, as below
                 self._prepare(runtime, limits, cell, policy)
         return self._concluded(evidence, runtime, limits, cell, policy)
 
@@ -787,8 +814,44 @@ class SandboxRunner:
             on_end()
         return child.server
 
-    def _exit_evidence(self, child: _Child, evidence: ChildExit, oom_kills_before: int) -> None:
+    def _answer_unended(
+        self,
+        child: _Child,
+        evidence: ChildExit,
+        began: float,
+        runtime: ChildRuntime,
+        limits: Limits,
+        policy: Policy | None,
+    ) -> SandboxResult:
+        """The result of a run whose child was killed and has not ended (``_ends_after_kill``).
+
+        Its SIGKILL is its end, its output so far the run's; no figures of its end are
+        there to take. The result's ``finishing`` ends when the child has.
+        """
+        evidence.wall_seconds = time.monotonic() - began
+        evidence.wait_status = signal.SIGKILL  # as waitpid would say it: killed by SIGKILL
+        for pipe in child.pipes:
+            pipe.drain()
+        child.stop_serving()
+        return replace(
+            sandbox_result(evidence, limits),
+            finishing=self._finish_later(child, runtime, limits, policy),
+        )
+
+    async def _release_or_finish_later(
+        self, child: _Child, runtime: ChildRuntime, limits: Limits, policy: Policy | None
+    ) -> None:
+        """Release the ended child; one killed and not ended is, and its cell prepared, at its end."""
+        if child.reaping is None:
+            await asyncio.shield(self._release(child))
+        else:
+            self._finish_later(child, runtime, limits, policy)
+
+    def _exit_evidence(
+        self, child: _Child, evidence: ChildExit, began: float, oom_kills_before: int
+    ) -> None:
         """The kernel's evidence once the child has been reaped."""
+        evidence.wall_seconds = time.monotonic() - began
         handle = child.handle
         evidence.wait_status = handle.wait_status
         evidence.cpu_seconds = handle.cpu_seconds
@@ -867,6 +930,8 @@ class SandboxRunner:
         ending = self._end(child)
         try:
             escaped = await asyncio.shield(ending)
+            if child.reaping is not None:  # killed and not ended yet: its slot waits for it
+                escaped = await asyncio.shield(child.reaping)
             if escaped:
                 logger.info(
                     "cell %d: the callback left %d processes running; they were killed",
@@ -879,7 +944,7 @@ class SandboxRunner:
         except Exception:
             logger.exception("cell %d: ending a finished child failed", child.cell)
         finally:
-            if ending.done() and child.host_workdir is None:
+            if ending.done() and child.reaping is None and child.host_workdir is None:
                 child.close()  # nothing left to wait for: no task to shield it in
             else:
                 await asyncio.shield(self._release(child))
@@ -981,14 +1046,98 @@ class SandboxRunner:
             # waits for our side of the bridge before it exits: let it, within the grace.
             child.server.release_after_mark()
         handle = child.handle
+        if grace_s > 0 and not handle.exited.is_set():
+            # Cut short (its deadline, a stop): a freezer would keep the SIGTERM from it,
+            # and the SIGKILL. Read only now: the run is overdue already.
+            self._thaw(child)
         await terminate(handle.pid, handle.exited, grace_s, handle.before_kill)
+        if not handle.exited.is_set() and not await self._ends_after_kill(child):
+            reaping = child.reaping = asyncio.create_task(self._reap_when_ended(child))
+            self._unended.add(reaping)
+            reaping.add_done_callback(self._unended.discard)
+            return []
+        return await self._reap(child)
+
+    async def _reap(self, child: _Child) -> list[int]:
         # Reaped first: a process killed a moment ago is still listed in its cgroup, so
         # looking before its reap would find it there nearly every time (and poll).
         await self.spawner.reap(child.handle)
         return await self._kill_escaped(child.cell)
 
+    async def _ends_after_kill(self, child: _Child) -> bool:
+        """Whether the child, SIGKILLed, ends within KILL_WAIT_S; if not, a WARNING says why.
+
+        After THAW_AFTER_S it is let out of a v1 freezer that holds it (``_thaw``).
+        """
+        handle = child.handle
+        handle.await_end()  # a zygote's child: its zygote owes that end (its watchdog)
+        if await _set_within(handle.exited, THAW_AFTER_S):
+            return True
+        self._thaw(child)
+        if await _set_within(handle.exited, KILL_WAIT_S - THAW_AFTER_S):
+            return True
+        pid = handle.main_pid() or handle.pid
+        held = freezer.frozen_by(pid)
+        logger.warning(
+            "cell %d: process %d did not end within %gs of its SIGKILL (%s): its run is "
+            "answered without it, and its slot stays taken until it ends",
+            child.cell,
+            pid,
+            KILL_WAIT_S,
+            f"frozen by the cgroup freezer {held}, which it could not be let out of"
+            if held is not None
+            else f"state {_process_state(pid)}: held in the kernel",
+        )
+        return False
+
+    async def _reap_when_ended(self, child: _Child) -> list[int]:
+        """The rest of the end of a child that outlived KILL_WAIT_S: once it ends, or at a stop."""
+        handle = child.handle
+        began = time.monotonic()
+        ended = asyncio.ensure_future(handle.exited.wait())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait([ended, stopping], return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (ended, stopping):
+            waiter.cancel()
+        if not handle.exited.is_set():
+            logger.warning(
+                "cell %d: process %d, killed, has still not ended: the executor stops "
+                "without it (it ends once the kernel lets it: a freezer's thaw)",
+                child.cell,
+                handle.pid,
+            )
+            return []
+        logger.info(
+            "cell %d: process %d, killed, has ended at last (%.1fs later); its slot is free",
+            child.cell,
+            handle.pid,
+            time.monotonic() - began,
+        )
+        return await self._reap(child)
+
+    def _thaw(self, child: _Child) -> None:
+        """Let each process of the child's cell out of a cgroup v1 freezer, said with a WARNING."""
+        cgroups = self.options.cgroups
+        handle = child.handle
+        pids = cgroups.pids(child.cell) if cgroups is not None else []
+        pids = pids or [pid for pid in {handle.pid, handle.main_pid()} if pid]
+        for pid in pids:
+            held = freezer.thaw(pid)
+            if held is not None:
+                logger.warning(
+                    "cell %d: process %d was frozen from outside (cgroup freezer %s); let "
+                    "out of it to be killed",
+                    child.cell,
+                    pid,
+                    held,
+                )
+
     async def _release(self, child: _Child) -> None:
-        """Once the child has ended (ending it if nothing has), close our ends and remove its workdir."""
+        """Once the child has ended (ending it if nothing has), close our ends and remove its workdir.
+
+        A child killed and not ended (``reaping``) is waited for no longer than KILL_WAIT_S:
+        its ends are closed, and its end comes in the background.
+        """
         try:
             ending = self._end(child)
             if not ending.done():
@@ -1032,6 +1181,24 @@ class SandboxRunner:
         if cgroups is None or not cgroups.has_processes(cell):
             return []  # the common case: nothing left, no thread needed
         return await asyncio.to_thread(cgroups.kill_all, cell)
+
+
+async def _set_within(event: asyncio.Event, timeout_s: float) -> bool:
+    """Whether ``event`` is set within ``timeout_s``."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    return event.is_set()
+
+
+def _process_state(pid: int) -> str:
+    """The process's state letter from /proc (``?`` when it cannot be read), for the log."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read()
+    except OSError:
+        return "?"
+    return fields[fields.rfind(b")") + 2 :][:1].decode(errors="replace") or "?"
 
 
 def _memory_too_low_to_start(limits: Limits) -> SandboxResult:

@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -255,8 +256,16 @@ class ColdSpawner:
             report.close()
 
     async def close(self) -> None:
-        for pid in list(self._pidfds):
-            await self.reap(ChildHandle(pid))
+        for pid, pidfd in list(self._pidfds.items()):
+            poller = select.poll()  # not select(): our descriptors may pass FD_SETSIZE
+            poller.register(pidfd, select.POLLIN)
+            if poller.poll(0):  # it has exited
+                await self.reap(ChildHandle(pid))
+            else:  # killed and not ended (a freezer holds it): its waitpid would block
+                asyncio.get_running_loop().remove_reader(pidfd)
+                os.close(self._pidfds.pop(pid))
+                if (report := self._reports.pop(pid, None)) is not None:
+                    report.close()
 
 
 @dataclass(frozen=True, slots=True)
