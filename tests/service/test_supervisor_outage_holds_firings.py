@@ -86,11 +86,16 @@ async def _executor(
         await running.stop()
 
 
-async def _register_and_publish(client: ExecutorClient, job_id: int) -> None:
+async def _register(client: ExecutorClient, job_id: int) -> None:
+    """The job, with a python callback that unblocks each frame as it completes."""
     callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
     await client.register_job(
         {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
     )
+
+
+async def _register_and_publish(client: ExecutorClient, job_id: int) -> None:
+    await _register(client, job_id)
     await client.publish_events(
         [
             {"name": "complete", "type": "work", "job_id": job_id, "work_name": str(n)}
@@ -208,10 +213,7 @@ async def test_a_run_failed_for_the_outage_runs_again_once(
     ):
         servicer = endpoint.servicer
         assert isinstance(servicer, BrieflyUnavailableSupervisor)
-        callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
-        await client.register_job(
-            {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
-        )
+        await _register(client, job_id)
         servicer.unavailable["WorkAction"] = refusals
         answer = await client.publish_event(
             name="complete", type="work", job_id=job_id, work_name="1", wait=True
@@ -272,10 +274,7 @@ async def test_a_run_failing_for_each_outage_runs_again_after_each(
     ):
         servicer = endpoint.servicer
         assert isinstance(servicer, ProbeHoldingSupervisor)
-        callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
-        await client.register_job(
-            {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
-        )
+        await _register(client, job_id)
         servicer.unavailable["WorkAction"] = 3
         waiting = asyncio.ensure_future(
             client.publish_event(
@@ -325,10 +324,7 @@ async def test_the_held_text_keeps_its_reason_and_clock_while_the_hold_goes_on(
     ):
         servicer = endpoint.servicer
         assert isinstance(servicer, ProbeHoldingSupervisor)
-        callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
-        await client.register_job(
-            {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
-        )
+        await _register(client, job_id)
         # The run's read finds the supervisor away, and so do its result's reports.
         servicer.unavailable["JobInfo"] = 1
         servicer.unavailable["ReportResults"] = servicer.unavailable["ReportResult"] = 10**6
@@ -370,10 +366,7 @@ async def test_an_acknowledged_report_does_not_end_the_hold(
     ):
         servicer = endpoint.servicer
         assert isinstance(servicer, BrieflyUnavailableSupervisor)
-        callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
-        await client.register_job(
-            {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
-        )
+        await _register(client, job_id)
         servicer.unavailable["JobInfo"] = servicer.unavailable["WorkAction"] = 10**6
         waiting = asyncio.ensure_future(
             client.publish_event(
@@ -432,10 +425,7 @@ async def test_re_runs_that_fail_again_wait_longer_each_time(
     ):
         servicer = endpoint.servicer
         assert isinstance(servicer, FlappingLookSupervisor)
-        callback = {"triggers": "complete-work-self-*", "language": "python", "code": UNBLOCK}
-        await client.register_job(
-            {"id": job_id, "name": "frames", "user": "alice", "callbacks": [callback]}
-        )
+        await _register(client, job_id)
         servicer.flapping = True
         servicer.unavailable["WorkAction"] = 10**6
         waiting = asyncio.ensure_future(

@@ -16,10 +16,10 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_a_suite_beside_this_one_takes_a_base_this_one_does_not_hold() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CBEXEC_")}
-    other = subprocess.run(
-        [sys.executable, "-c", "import tests.conftest as c; print(c.TEST_UID_BASE)"],
+def _python_in_the_tree(code: str, env: dict[str, str]) -> str:
+    """What ``python -c code`` prints, run in the repository with ``env``."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -27,8 +27,12 @@ def test_a_suite_beside_this_one_takes_a_base_this_one_does_not_hold() -> None:
         timeout=60,
         check=True,
     )
+    return done.stdout
 
-    base = int(other.stdout)
+
+def test_a_suite_beside_this_one_takes_a_base_this_one_does_not_hold() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBEXEC_")}
+    base = int(_python_in_the_tree("import tests.conftest as c; print(c.TEST_UID_BASE)", env))
     assert base in DEFAULT_TEST_UID_BASES
     assert base != TEST_UID_BASE
 
@@ -47,16 +51,7 @@ def test_a_suite_leaves_out_the_cbexec_settings_of_its_shell(tmp_path: Path) -> 
         "import os, tests.conftest\n"
         "print(sorted((n, v) for n, v in os.environ.items() if n.startswith('CBEXEC_')))"
     )
-    seen = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert seen.stdout.strip() == str(
+    assert _python_in_the_tree(code, env).strip() == str(
         [
             ("CBEXEC_SANDBOX_UID_BASE", str(TEST_UID_BASE)),
             ("CBEXEC_TEST_CHROMIUM", "/usr/bin/chromium"),
