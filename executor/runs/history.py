@@ -523,12 +523,14 @@ class RunHistory:
         )
         recorded = 0
         rows: list[tuple[Any, ...]] = []
+        rows_bytes = 0  # of ``rows``: summed as they come (a retried batch has thousands)
         for run in latest:
             row = _row(*run)
-            if rows and sum(r[-1] for r in rows) + row[-1] > PG_STATEMENT_BYTES:
+            if rows and rows_bytes + row[-1] > PG_STATEMENT_BYTES:
                 recorded += self._insert_rows(rows)
-                rows = []
+                rows, rows_bytes = [], 0
             rows.append(row)
+            rows_bytes += row[-1]
             del row
         if rows:
             recorded += self._insert_rows(rows)
