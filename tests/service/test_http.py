@@ -24,7 +24,7 @@ from executor import server
 from executor.config import Settings
 from executor.errors import ConfigError
 from executor.web.server import MAX_CONNECTIONS, MAX_HEADER_BYTES, MAX_HEADER_LINES
-from executor.web.stream_gate import MAX_STREAMS_AT_ONCE
+from executor.web.stream_gate import MAX_STREAMS_AT_ONCE, STREAM_WAIT_S
 from supervisor_client import ExecutorClient
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.waiting import eventually
@@ -479,7 +479,9 @@ async def test_stalled_stream_readers_hold_at_most_the_port_s_stream_slots(
 ) -> None:
     # Each client that asked for a 16 MiB stream and never read held its whole answer
     # (120 of them: 3 GB) and 60 arriving at once held gRPC calls for seconds.
-    monkeypatch.setattr("executor.web.server.WRITE_TIMEOUT_S", 2.0)
+    # The stalled readers must outlast the third request's STREAM_WAIT_S by a margin a
+    # loaded machine keeps: at 2 s each, the two could be dropped before it was refused.
+    monkeypatch.setattr("executor.web.server.WRITE_TIMEOUT_S", STREAM_WAIT_S + 4.0)
     code = "import sys\nsys.stdout.write('x' * (12 << 20))"
     async with ExecutorClient(web.address) as client:
         response = await client.execute_callback(
