@@ -234,13 +234,13 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
             await self._turns.wait()
         method = handler_call_details.method
 
-        async def refuse(request: Any, context: Context) -> Any:
-            del request  # not read, nor held by the abort's frames (see _let_go_of_frames)
+        async def refuse(requests: Any, context: Context) -> Any:
+            del requests  # never read (below)
             # Here, not above: only the call's context knows who made it.
             self._refusals.refused(peer_address(context.peer()), method, reason)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, _TOLD[reason])
 
-        return _same_kind(handler, refuse)
+        return _refusing_unread(handler, refuse)
 
 
 # What the caller is told, by refusal: a caller who sent a token learns that it is wrong,
@@ -447,16 +447,19 @@ def _clear_ended_frames(tb: TracebackType | None) -> None:
         tb = tb.tb_next
 
 
-def _same_kind(handler: MethodHandler, behavior: Behavior) -> MethodHandler:
-    """A handler of ``handler``'s streaming kind and serializers that runs ``behavior``."""
+def _refusing_unread(handler: MethodHandler, refuse: Behavior) -> MethodHandler:
+    """A handler that runs ``refuse`` as the call comes, its request never read.
+
+    gRPC receives a unary request whole before it calls the handler: a peer that
+    declared 16 MiB and sent part of it had the executor hold what it sent, for as long
+    as it kept the stream open (probe 167). A handler that streams its requests is
+    called once the headers are in; the wire is the same for the caller, and the
+    refusal's end lets go of what the stream had sent.
+    """
     kwargs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(behavior, **kwargs)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(behavior, **kwargs)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(behavior, **kwargs)
-    return grpc.stream_stream_rpc_method_handler(behavior, **kwargs)
+    if handler.unary_stream is not None or handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(refuse, **kwargs)
+    return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)

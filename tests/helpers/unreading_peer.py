@@ -106,6 +106,20 @@ class UnreadingPeer:
         await self._writer.drain()
         return stream
 
+    async def begin(self, method: str, declared: int, sent: int, *extra: tuple[str, str]) -> int:
+        """Open a call whose request says it is ``declared`` bytes and send only ``sent`` of them.
+
+        The stream stays open (no END_STREAM): a request the server would wait for.
+        """
+        stream, self._next_stream = self._next_stream, self._next_stream + 2
+        body = b"\x00" + declared.to_bytes(4, "big") + b"\x0a" * sent
+        self._writer.write(
+            frame(_HEADERS, _END_HEADERS, stream, call_headers(method, *extra))
+            + frame(_DATA, 0, stream, body)
+        )
+        await self._writer.drain()
+        return stream
+
     async def _read(self) -> None:
         reader, writer = self._reader, self._writer
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):

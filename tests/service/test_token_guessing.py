@@ -12,6 +12,8 @@ import pytest
 from executor.api.interceptors import WRONG_TOKEN_DELAY_S, WRONG_TOKENS_AT_ONCE
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 from tests.conftest import running_stack, stack_settings
+from tests.helpers.unreading_peer import UnreadingPeer
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
 
@@ -71,3 +73,28 @@ async def test_a_guess_given_up_gives_its_turn_back(tmp_path: Path) -> None:
         began = time.monotonic()
         assert await metrics_call(channel, "wrong") == grpc.StatusCode.UNAUTHENTICATED
         assert time.monotonic() - began < 2 * WRONG_TOKEN_DELAY_S
+
+
+async def test_a_call_without_the_right_token_is_refused_before_its_request_is_read(
+    tmp_path: Path,
+) -> None:
+    # A request is received whole before gRPC calls a unary handler: a peer without the
+    # token that declared 16 MiB requests and sent part of each had the executor hold what
+    # it sent, 60 streams x 12 MiB on one connection, waiting for the rest (probe 167).
+    execute = "/qbcallback.v1.CallbackExecutorService/Execute"
+    wait_jobs = "/qbcallback.v1.FarmService/WaitJobs"
+    async with running_stack(stack_settings(tmp_path / "data", auth_token=TOKEN)) as stack:
+        peer = await UnreadingPeer.connect(stack.running.port)
+        try:  # what each sends stays within the connection's first 64 KiB window
+            calls = [
+                await peer.begin(execute, 16 << 20, 8 << 10),
+                await peer.begin(wait_jobs, 1 << 20, 1 << 10),
+                await peer.begin(execute, 16 << 20, 8 << 10, ("authorization", "Bearer no")),
+            ]
+
+            async def refused() -> bool:
+                return peer.ended >= set(calls)
+
+            assert await eventually(refused, timeout_s=10 * WRONG_TOKEN_DELAY_S), peer.ended
+        finally:
+            await peer.close()
