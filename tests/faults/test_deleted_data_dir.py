@@ -47,7 +47,9 @@ async def test_events_registrations_and_fired_runs_are_refused_once_the_data_dir
         (fired,) = (await client.publish_event(name="complete", type="job", job_id=5)).fired
         await client.publish_event(name="complete", type="job", job_id=5, event_id="second")
         # The first firing runs; the second waits for the one slot, past the deletion.
-        await asyncio.sleep(0.5)
+        # Deleted once the first has started, not after a fixed 0.5 s: a loaded machine
+        # could reach its slot's check later, and it was then refused as the second is.
+        assert await eventually(lambda: stack.running.dispatcher.running == 1, 20)
         shutil.rmtree(data)
 
         async def not_serving() -> bool:
