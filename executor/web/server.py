@@ -314,6 +314,11 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = False  # joined by server_close: no thread outlives the stop
     block_on_close = True
+    # The listen backlog: socketserver's 5 dropped the SYNs of a burst of connections
+    # (a dashboard's page and its assets, scrapers) and each waited for the client's
+    # retransmit, a second: 64 at once took 8 s to connect. Room for the port's bound,
+    # twice over, as they arrive faster than the accepting thread starts their threads.
+    request_queue_size = 2 * MAX_CONNECTIONS
 
     dashboard: Dashboard  # set once bound, before serving: it is named after the port
 

@@ -525,6 +525,27 @@ async def test_stalled_stream_readers_hold_at_most_the_port_s_stream_slots(
             sock.close()
 
 
+async def test_a_burst_of_the_port_s_connections_is_taken_without_a_retransmit(
+    web: Stack,
+) -> None:
+    # socketserver's listen backlog of 5 dropped the SYNs of a burst (a page's assets,
+    # scrapers): each such connect waited for its retransmit, a second (64 took 8 s).
+    port = web.running.http_port or 0
+
+    def burst() -> None:
+        opened: list[socket.socket] = []
+        try:
+            opened.extend(  # one by one: those opened before a timeout are closed
+                socket.create_connection(("127.0.0.1", port), timeout=0.5)
+                for _ in range(MAX_CONNECTIONS)
+            )
+        finally:
+            for connection in opened:
+                connection.close()
+
+    await asyncio.to_thread(burst)
+
+
 async def test_connections_past_the_port_s_bound_are_turned_away_at_once(
     web: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
