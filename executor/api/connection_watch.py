@@ -8,6 +8,10 @@ that port (``/proc/self/fd`` and ``/proc/self/net/tcp{,6}``), so a look every fe
 seconds, on a worker thread, tells when the port is full and which addresses hold it:
 what a firewall rule needs. A port found full at a look refuses the next connection;
 fullness between two looks goes unseen, as a connection refused then does.
+
+A look that finds fewer connections than the one before calls ``on_fewer``: what the
+connections gone held (requests sent in part, which no call ever took, so no call's end
+gives their memory back) is then free to be given back to the system.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 from prometheus_client.core import GaugeMetricFamily
@@ -80,16 +84,25 @@ def peers(port: int) -> Counter[str]:
 class ConnectionWatch(Collector):
     """Looks at the gRPC port's connections every ``interval_s``; a Prometheus collector of them."""
 
-    def __init__(self, port: int, limit: int, interval_s: float = LOOK_EVERY_S) -> None:
+    def __init__(
+        self,
+        port: int,
+        limit: int,
+        interval_s: float = LOOK_EVERY_S,
+        on_fewer: Callable[[], None] | None = None,
+    ) -> None:
         self.port = port
         self.limit = limit
         self.interval_s = interval_s
         self.open_now = 0  # at the last look; read whole by a scrape's thread
         self._warned_at = -math.inf
+        self._on_fewer = on_fewer
 
     def note(self, found: Counter[str], now: float) -> None:
         """Take one look's count; a WARNING when the port is full, once a minute at most."""
-        self.open_now = sum(found.values())
+        before, self.open_now = self.open_now, sum(found.values())
+        if self.open_now < before and self._on_fewer is not None:
+            self._on_fewer()
         if self.open_now < self.limit:
             return
         if now - self._warned_at < WARN_EVERY_S:

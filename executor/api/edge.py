@@ -36,7 +36,7 @@ from executor.api.unread_answers import UnreadAnswers
 from executor.bounds import MAX_REQUEST_BYTES
 from executor.config import Settings
 from executor.dispatcher import Dispatcher
-from executor.heap_return import HeapTrimmer
+from executor.heap_return import LARGE_CALL_BYTES, HeapTrimmer
 from executor.policies import PolicySet
 from executor.runs.invocation_ids import InvocationIds, LocalIds
 from executor.runs.metrics import Metrics
@@ -184,7 +184,13 @@ def build(
     own_channel, internal_socket = security.own_channel(server, settings)
     # Several looks within a handshake timeout: silent peers hold their places that long.
     look_s = min(LOOK_EVERY_S, settings.handshake_timeout_seconds / 4)
-    connections = ConnectionWatch(port, settings.max_connections, look_s)
+    connections = ConnectionWatch(
+        port,
+        settings.max_connections,
+        look_s,
+        # As after a large call: the connections gone may have held requests sent in part.
+        on_fewer=lambda: trimmer.after_call(LARGE_CALL_BYTES),
+    )
     metrics.registry.register(connections)
     return Edge(
         server,

@@ -30,6 +30,7 @@ from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import running_stack, stack_settings
 from tests.helpers.health import SERVING, health_list, health_updates
 from tests.helpers.unacked_peer import UnackedPeer
+from tests.helpers.unreading_peer import UnreadingPeer
 from tests.helpers.waiting import eventually
 from tests.service.test_http import fetch
 
@@ -288,6 +289,23 @@ async def test_a_large_answer_is_followed_by_a_trim() -> None:
         await channel.close()
         await server.stop(None)
         await trimmer.close()
+
+
+async def test_a_connection_gone_with_requests_sent_in_part_is_followed_by_a_trim(
+    tmp_path: Path,
+) -> None:
+    # gRPC holds a request sent in part until its connection goes; no call took it, so no
+    # call's end gave the memory back: 550 MiB stayed after such peers left (probe 167).
+    settings = stack_settings(tmp_path / "data", handshake_timeout_seconds=1.0)  # looks: 0.25 s
+    async with running_stack(settings) as stack:
+        trimmer = stack.running.trimmer
+        assert trimmer is not None
+        peer = await UnreadingPeer.connect(stack.running.port)
+        await peer.begin("/qbcallback.v1.CallbackExecutorService/Execute", 16 << 20, 8 << 10)
+        await asyncio.sleep(1.5)  # counted by several looks
+        before = trimmer.trims
+        await peer.close()
+        assert await eventually(lambda: trimmer.trims > before, timeout_s=10)
 
 
 async def _health_server(**ages: int) -> tuple[grpc.aio.Server, grpc.aio.Channel]:

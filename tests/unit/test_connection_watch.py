@@ -36,3 +36,11 @@ def test_a_full_port_is_warned_of_once_a_minute_naming_who_holds_it(
         "cbexec_grpc_connections",
         "cbexec_grpc_connections_limit",
     ]
+
+
+def test_a_look_finding_fewer_connections_than_the_last_says_so() -> None:
+    fewer: list[int] = []
+    watch = ConnectionWatch(port=50051, limit=9, on_fewer=lambda: fewer.append(1))
+    for count in (2, 3, 3, 1, 0, 0, 2):
+        watch.note(Counter({"10.0.0.9": count}), now=0.0)
+    assert len(fewer) == 2
