@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from executor.api import security
+from executor.api.answer_turns import AnswerTurns
 from executor.api.callback_executor import CallbackExecutorServicer
 from executor.api.connection_watch import LOOK_EVERY_S, ConnectionWatch
 from executor.api.connections import server_options
@@ -166,12 +167,14 @@ def build(
             label_owner=engine.store.label_owner,
         ),
     )
+    # One turn for the answers read from the history: GetRun's, a repeated wait's.
+    turns = AnswerTurns()
     guarded.register(
-        executor_pb2_grpc.add_TriggerServiceServicer_to_server, TriggerServicer(engine)
+        executor_pb2_grpc.add_TriggerServiceServicer_to_server, TriggerServicer(engine, turns)
     )
     guarded.register(
         executor_pb2_grpc.add_RunServiceServicer_to_server,
-        RunServicer(recorder, progress=dispatcher.progress),
+        RunServicer(recorder, turns, progress=dispatcher.progress),
     )
     services = SERVICES
     if farm is not None:

@@ -45,6 +45,7 @@ from grpc_health.v1 import health
 from executor.api.undecodable import undecodable_field
 from executor.api.unread_answers import (
     BIG_ANSWER_METHODS,
+    BIG_ANSWER_WHEN_WAITING,
     COUNTED_ANSWER_BYTES,
     RETRY_AFTER_S,
     AnswerRoom,
@@ -322,6 +323,8 @@ class CallGuard:
         trimmer = self._trimmer
         unread = self._unread
         big = unread is not None and method in BIG_ANSWER_METHODS
+        # Checked once decoded: only a request that waits (its ``wait``) has a big answer.
+        big_when_waiting = unread is not None and method in BIG_ANSWER_WHEN_WAITING
         refusals = self._refusals
 
         async def answer(raw: bytes, context: Context) -> Any:
@@ -336,6 +339,8 @@ class CallGuard:
                 if why is not None:
                     refusal += f": {why}"
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
+            if big_when_waiting and unread is not None and getattr(request, "wait", False):
+                await _admit_big_answer(unread, context, method, refusals, metrics)
             # Only the method holds the parsed request, so it can let go of it (Execute
             # does, once it has made its invocation: a queued run need not keep it).
             calling = behavior(request, context)
@@ -360,7 +365,7 @@ class CallGuard:
             except BaseException:
                 # A cancelled GetRun or Execute may have made a big answer (the dashboard's
                 # page gives up after its 5 s): what it took is given back all the same.
-                trimmer.after_call(max(size, LARGE_CALL_BYTES if big else 0))
+                trimmer.after_call(max(size, LARGE_CALL_BYTES if big or big_when_waiting else 0))
                 raise
             _follow_answer(context, reply, size, unread, trimmer)
             return reply

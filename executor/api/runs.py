@@ -9,25 +9,21 @@ writer (the runs it holds are counted at once); ListRuns and GetRun do, in the
 history readers' thread (``Recorder.read_history``), never on the event loop: a
 ``runs.db`` another process holds locked stalls only them.
 
-GetRun answers with a whole run, up to 2 x 16 MiB of output, read and made into a
-message in ~0.25 s of the loop: 20 at once held another user's Execute 7.4 s, and each
-answer is held until read (probe 111). So GetRuns take turns, one at a time (the
-dashboard's whole streams take two, ``web/stream_gate.py``; measured, 20 GetRuns of a
-2 x 16 MiB run from reading clients: two at a time held that Execute up to 2.6 s and
-took 9.3 s in all, one at a time 0.37 s and 8.6 s), the others waiting within their
-deadline. One whose own connection holds its share of unread answers waits, before its
-turn, until they have been read; at the executor's bound it is refused
-(``unread_answers.py``).
+GetRun answers with a whole run, up to 2 x 16 MiB of output: GetRuns take turns with
+the other answers read from the history, one at a time (``answer_turns.py``; the
+dashboard's whole streams take two, ``web/stream_gate.py``). One whose own connection
+holds its share of unread answers waits, before its turn, until they have been read; at
+the executor's bound it is refused (``unread_answers.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Callable
 from typing import Final
 
 from executor.api import convert, convert_status
+from executor.api.answer_turns import AnswerTurns
 from executor.api.errors import Context, grpc_errors
 from executor.api.unread_answers import answer_room
 from executor.dispatcher import RunProgress
@@ -39,8 +35,6 @@ from executor.runs.recorder import Recorder
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 
 DEFAULT_LIST_LIMIT: Final = 50
-# GetRuns read and made into answers at once; the others wait for a turn (see above).
-GET_RUNS_AT_ONCE: Final = 1
 # The shortest prefix GetRun resolves, as git's shortest abbreviation of a commit id.
 MIN_PREFIX_CHARS: Final = 4
 DEFAULT_DEAD_LETTER_LIMIT: Final = 100
@@ -57,13 +51,16 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
     def __init__(
         self,
         recorder: Recorder,
-        get_runs_at_once: int = GET_RUNS_AT_ONCE,
+        turns: AnswerTurns | None = None,
         progress: Callable[[str], RunProgress | None] = lambda _: None,
     ) -> None:
-        """``progress``: how a run of an id is in progress here (``Dispatcher.progress``)."""
+        """``turns``: shared with the other answers read from the history (``answer_turns.py``).
+
+        ``progress``: how a run of an id is in progress here (``Dispatcher.progress``).
+        """
         self._recorder = recorder
         self._progress = progress
-        self._get_run_turns = asyncio.Semaphore(get_runs_at_once)
+        self._turns = turns or AnswerTurns()
 
     @grpc_errors
     async def ListRuns(
@@ -105,13 +102,7 @@ class RunServicer(executor_pb2_grpc.RunServiceServicer):
         """
         # Looked up as a key: a NUL no stored id holds is refused as it would be stored.
         wanted = convert.check_text("invocation_id", request.invocation_id)
-        room = answer_room.get()
-        while True:
-            if room is not None:  # answers made since the call came count now
-                await room.wait()
-            async with self._get_run_turns:
-                if room is None or room.free():  # none made while this one took its turn
-                    return await self._get_run(wanted)
+        return await self._turns.take(answer_room.get(), lambda: self._get_run(wanted))
 
     async def _get_run(self, wanted: str) -> executor_pb2.GetRunResponse:
         """GetRun's answer: the run of id ``wanted``, else of the one id it starts."""

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TypeVar
 
 from google.protobuf.message import Message
 
 from executor.api import convert, convert_status, explanations
+from executor.api.answer_turns import AnswerTurns
 from executor.api.errors import Context, grpc_errors
 from executor.api.struct_values import job_dict
+from executor.api.unread_answers import answer_room
 from executor.errors import EventIdReusedError, InvalidRequestError
+from executor.triggers.decide import Fired
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.snapshots import MOST_READERS
 from executor.triggers.store import TriggerStore
@@ -26,9 +30,32 @@ MAX_BATCH_EVENTS: Final = 1000
 # (a trigger's text may be 64 KiB): three lists within the 16 MiB a client takes.
 MAX_DRY_RUN_ITEMS: Final = 1000
 MAX_DRY_RUN_LIST_BYTES: Final = 4 << 20
+# A wait answer's results keep this much stdout and stderr in all (UTF-8 bytes), in firing
+# order: with 2 x 16 MiB per run, an event firing six made 201 MB, past what any client
+# takes (ExecutorClient 160 MiB), resends alike (probe 167). A later result is given
+# without its output (``output_left_out``): GetRun has it.
+MAX_WAIT_ANSWER_OUTPUT_BYTES: Final = 32 << 20
 
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=Message)
+
+
+def _wait_answer_firings(fired: Iterable[Fired]) -> list[executor_pb2.Firing]:
+    """The messages of a wait answer's firings, their output within the answer's bound."""
+    messages = []
+    output = 0
+    for each in fired:
+        result = each.result
+        if result is not None and output <= MAX_WAIT_ANSWER_OUTPUT_BYTES:
+            output += len(result.stdout.encode()) + len(result.stderr.encode())
+        if result is None or output <= MAX_WAIT_ANSWER_OUTPUT_BYTES:
+            messages.append(convert.firing_message(each))
+            continue
+        bare = dataclasses.replace(each, result=dataclasses.replace(result, stdout="", stderr=""))
+        message = convert.firing_message(bare)
+        message.output_left_out = True
+        messages.append(message)
+    return messages
 
 
 def _first(found: Iterable[_T], to_message: Callable[[_T], _M]) -> tuple[list[_M], int]:
@@ -51,8 +78,10 @@ def _first(found: Iterable[_T], to_message: Callable[[_T], _M]) -> tuple[list[_M
 class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
     """Implements qbcallback.v1.TriggerService over the trigger engine."""
 
-    def __init__(self, engine: TriggerEngine) -> None:
+    def __init__(self, engine: TriggerEngine, turns: AnswerTurns | None = None) -> None:
+        """``turns``: shared with GetRun's (``answer_turns.py``): a repeat's wait reads in one."""
         self._engine = engine
+        self._turns = turns or AnswerTurns()
         # Explanations and listings read on worker threads, as many at once as the store
         # has snapshot connections; more wait here, not on a thread each (the threads
         # also apply the events).
@@ -96,11 +125,23 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
     async def PublishEvent(
         self, request: executor_pb2.PublishEventRequest, context: Context
     ) -> executor_pb2.PublishEventResponse:
-        """Apply one event durably and run what it fires (inline when ``wait``)."""
+        """Apply one event durably and run what it fires (inline when ``wait``).
+
+        A repeat with ``wait`` reads its results from the history in a turn
+        (``answer_turns.py``), once its connection has room for the answer (CallGuard
+        checked that room at the door: ``answer_room``); nothing awaits after it.
+        """
         event = convert.event_from_request(request)
-        fired, duplicate = await self._engine.publish(event, wait=request.wait)
+        room = answer_room.get()
+        fired, duplicate = await self._engine.publish(
+            event, wait=request.wait, in_turn=lambda read: self._turns.take(room, read)
+        )
+        if not request.wait:
+            return executor_pb2.PublishEventResponse(
+                fired=[convert.firing_message(f) for f in fired], duplicate=duplicate
+            )
         return executor_pb2.PublishEventResponse(
-            fired=[convert.firing_message(f) for f in fired], duplicate=duplicate
+            fired=_wait_answer_firings(fired), duplicate=duplicate
         )
 
     @grpc_errors

@@ -8,19 +8,23 @@ GetRun calls of one big run did the same with no slot used (probe 111). So ``Cal
 counts each answer of ``COUNTED_ANSWER_BYTES`` or more from when it is made until its
 call has ended (sent, or its connection gone), by connection (``context.peer()``), and:
 
-- a call of a method whose answer can be MiBs (``BIG_ANSWER_METHODS``) is refused
-  RESOURCE_EXHAUSTED, before it runs, while the answers counted total ``max_bytes`` or
-  more, or its own connection's reach its share (a ``CONNECTION_SHARE``-th of it): one
-  connection cannot take the whole of it, others go on;
+- a call of a method whose answer can be MiBs (``BIG_ANSWER_METHODS``, and
+  ``BIG_ANSWER_WHEN_WAITING`` when its request waits) is refused RESOURCE_EXHAUSTED,
+  before it runs, while the answers counted total ``max_bytes`` or more, or its own
+  connection's reach its share (a ``CONNECTION_SHARE``-th of it): one connection cannot
+  take the whole of it, others go on;
 - calls that arrived together all pass that check, before any of their answers existed,
   so it is made again just before the answer's work starts: an Execute whose callback is
   about to start (it has a slot) is refused there, having run nothing (waiting would
-  hold the slot); a GetRun waits until its own connection is below its share again
-  (its answer is only read, and waits in nothing but its call), within its deadline,
-  then takes its turn (``runs.py``), and is refused while the executor's count is at the
-  bound (other clients', whom nothing makes read). A call past that (a callback started) is
-  answered whatever the count then, so the bound is passed by the answers of the calls
-  under way at most (the runs holding slots, the GetRun having its turn).
+  hold the slot); a GetRun, or a repeated PublishEvent that waits (its results are read
+  from the history, no slot needed), waits until its own connection is below its share
+  again (its answer is only read, and waits in nothing but its call), within its
+  deadline, then takes its turn (``answer_turns.py``), and is refused while the
+  executor's count is at the bound (other clients', whom nothing makes read). A call past
+  that (a callback started) is answered whatever the count then, so the bound is passed
+  by the answers of the calls under way at most (the runs holding slots, the answer
+  having its turn). A first PublishEvent that waits has only the first check: its
+  callbacks run in slots, and it is answered when they end.
 
 Answers smaller than ``COUNTED_ANSWER_BYTES`` are not counted (a callback per call for
 them would cost every small call): a connection's ``max_streams`` of them hold ~190 MB
@@ -49,6 +53,10 @@ BIG_ANSWER_METHODS: Final = (
     "/qbcallback.v1.CallbackExecutorService/Execute",
     "/qbcallback.v1.RunService/GetRun",
 )
+# Methods whose answer can be MiBs of output when the request asks to wait (its ``wait``
+# field): a PublishEvent's results, up to 32 MiB of output. Without wait it is small, and
+# the event path must go on: never refused then.
+BIG_ANSWER_WHEN_WAITING: Final = ("/qbcallback.v1.TriggerService/PublishEvent",)
 # A refused caller may ask again this soon: answers read are let go of at once.
 RETRY_AFTER_S: Final = 1.0
 
@@ -76,7 +84,8 @@ class AnswerRoom:
         await self.unread.room(self.peer)
 
 
-# The current call's room (set by CallGuard for BIG_ANSWER_METHODS; None elsewhere).
+# The current call's room (set by CallGuard for BIG_ANSWER_METHODS, and
+# BIG_ANSWER_WHEN_WAITING that wait; None elsewhere).
 answer_room: Final = contextvars.ContextVar["AnswerRoom | None"]("answer_room", default=None)
 
 

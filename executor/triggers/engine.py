@@ -50,7 +50,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import lru_cache
@@ -237,6 +237,8 @@ def _iso(unix_s: float) -> str:
 
 
 _T = TypeVar("_T")
+# Runs a waiting repeat's reads of its results when its answer may be made (``publish``).
+InTurn = Callable[[Callable[[], Awaitable[list[Fired] | None]]], Awaitable[list[Fired] | None]]
 # How often a transaction that lost a deadlock (a fleet's replicas racing) is run again.
 _CONFLICT_TRIES = 8
 # In a fleet: the version row replicas follow to reload the universal callbacks, and how
@@ -1239,8 +1241,14 @@ class TriggerEngine:
         self._firings.add(decision.firings)
         return decision
 
-    async def publish(self, event: Event, *, wait: bool) -> tuple[list[Fired], bool]:
+    async def publish(
+        self, event: Event, *, wait: bool, in_turn: InTurn | None = None
+    ) -> tuple[list[Fired], bool]:
         """Apply an event; what it fires runs on the firing worker.
+
+        ``in_turn(read)``: runs ``read()``, the reads of a waiting repeat's results from
+        the history, when the caller's answer may be made (the API's turn, shared with
+        GetRun's; None: at once). Nothing is awaited after it returns.
 
         Returns:
             The callbacks it fired, with their results when ``wait`` (a refused run is
@@ -1271,18 +1279,22 @@ class TriggerEngine:
         if not wait:
             return decision.fired, duplicate
         if duplicate:
-            return await self._first_firings(event.event_id), True
+            return await self._first_firings(event.event_id, in_turn), True
         results = await asyncio.gather(*futures)
         return [
             dataclasses.replace(fired, result=result)
             for fired, result in zip(decision.fired, results, strict=True)
         ], duplicate
 
-    async def _first_firings(self, event_id: str) -> list[Fired]:
+    async def _first_firings(self, event_id: str, in_turn: InTurn | None) -> list[Fired]:
         """What a repeated event fired when first applied, each with its result once run.
 
         Its firings may run here or at another replica (a resend after a failover), or
-        have run already: each result is the one of record, as a fenced waiter's is.
+        have run already: each result is the one of record, as a fenced waiter's is
+        (``_result_of_record``). The runs are waited for first, outside ``in_turn`` (a
+        run may take hours); then their results are read in it, all of them in one
+        turn, looked for again after ``RECORD_POLL_S`` outside it while some have not
+        reached the history, within ``RECORD_WAIT_S`` (then None).
         """
 
         def read() -> list[Fired]:
@@ -1290,13 +1302,59 @@ class TriggerEngine:
                 return decided_firings.fired_by(db, event_id)
 
         fired = await asyncio.to_thread(read)
-        results = await asyncio.gather(
-            *(self._result_of_record(each.invocation_id) for each in fired)
-        )
-        return [
-            dataclasses.replace(each, result=result)
-            for each, result in zip(fired, results, strict=True)
-        ]
+        ids = [each.invocation_id for each in fired]
+        await asyncio.gather(*(self._firing_ended(each) for each in ids))
+        loop = asyncio.get_running_loop()
+        ended_at = loop.time()
+
+        async def with_results() -> list[Fired] | None:
+            """The firings with their results; None to look again."""
+            for each in ids:
+                if why := self._firings.not_recorded(each):
+                    raise UnavailableError(why)
+            results = await self._recorded_results(ids)
+            if results is None:
+                return None
+            if None in results and loop.time() - ended_at < RECORD_WAIT_S:
+                return None
+            return [
+                dataclasses.replace(each, result=result)
+                for each, result in zip(fired, results, strict=True)
+            ]
+
+        while True:
+            answered = await (with_results() if in_turn is None else in_turn(with_results))
+            if answered is not None:
+                return answered
+            await asyncio.sleep(RECORD_POLL_S)
+
+    async def _firing_ended(self, invocation_id: str) -> None:
+        """Return once no firing of ``invocation_id`` is queued or running (anywhere in a fleet).
+
+        Raises:
+            UnavailableError: its run ended here, but the storage refuses its result for
+                now (``unrecorded``).
+        """
+        while True:
+            if why := self._firings.not_recorded(invocation_id):
+                raise UnavailableError(why)
+            try:
+                if not await self._holds(invocation_id):
+                    return
+            except UnavailableError as err:  # PostgreSQL away for now: look again
+                logger.debug("firing %s: whether it ended: %s", invocation_id, err)
+            await asyncio.sleep(RECORD_POLL_S)
+
+    async def _recorded_results(self, ids: list[str]) -> list[RunResult | None] | None:
+        """The history's results of ``ids`` (each None: none); None while it is away."""
+        recorded_result = self._recorded_result
+        if recorded_result is None:
+            return [None] * len(ids)
+        try:
+            return await asyncio.to_thread(lambda: [recorded_result(each) for each in ids])
+        except UnavailableError as err:  # PostgreSQL away for now: look again
+            logger.debug("the results of record of %s: %s", ids, err)
+            return None
 
     def holds_firing(self, invocation_id: str) -> bool:
         """Whether a firing decided and not yet run to its end has this invocation id.

@@ -7,6 +7,7 @@ with a zero flow-control window (``tests/helpers/unreading_peer.py``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
@@ -14,6 +15,8 @@ from typing import Final
 import grpc
 import pytest
 
+from executor.config import Settings
+from supervisor_client import ExecutorClient
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, types_pb2
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.unreading_peer import UnreadingPeer
@@ -26,6 +29,10 @@ MIB: Final = 1 << 20
 BOUND_BYTES: Final = 16 * MIB
 EXECUTE: Final = "/qbcallback.v1.CallbackExecutorService/Execute"
 GET_RUN: Final = "/qbcallback.v1.RunService/GetRun"
+PUBLISH_EVENT: Final = "/qbcallback.v1.TriggerService/PublishEvent"
+PUBLISH_EVENTS: Final = "/qbcallback.v1.TriggerService/PublishEvents"
+# What a wait answer's results keep of their output, in all (the README's bound).
+WAIT_ANSWER_OUTPUT: Final = 32 * MIB
 
 
 def big_run_request(invocation_id: str = "") -> executor_pb2.ExecuteRequest:
@@ -139,3 +146,76 @@ async def test_unread_execute_answers_stop_further_runs_of_their_connection(
         runs = (await stack.client.list_runs(limit=10)).runs
         unread = sorted(r.invocation_id for r in runs if r.invocation_id.startswith("unread-"))
         assert len(unread) == held, unread
+
+
+def _writes(stdout_mib: int, stderr_mib: int = 0) -> str:
+    return (
+        f"import sys; sys.stdout.write('x' * ({stdout_mib} << 20));"
+        f" sys.stderr.write('y' * ({stderr_mib} << 20))"
+    )
+
+
+def _big_output_settings(tmp_path: Path, **overrides: object) -> Settings:
+    settings = stack_settings(tmp_path / "data", **overrides)
+    limits = dataclasses.replace(settings.default_limits, output_bytes=16 * MIB)
+    return settings.replace(default_limits=limits)
+
+
+def _completed(job_id: int, event_id: str = "", *, wait: bool) -> executor_pb2.PublishEventRequest:
+    return executor_pb2.PublishEventRequest(
+        name="complete", type="job", job_id=job_id, event_id=event_id, wait=wait
+    )
+
+
+async def test_unread_resends_of_a_waited_event_are_bounded_per_connection(
+    tmp_path: Path,
+) -> None:
+    settings = _big_output_settings(tmp_path, unread_answers_max_bytes=BOUND_BYTES)
+    async with running_stack(settings) as stack:
+        callbacks = [{"triggers": "complete-job-self", "language": "python", "code": _writes(3)}]
+        await stack.client.register_job({"id": 7, "name": "big", "callbacks": callbacks})
+        async with ExecutorClient(stack.address) as reading:  # takes answers up to 160 MiB
+            first = await reading.publish_event(_completed(7, "big-1", wait=True), timeout=60)
+        assert len(first.fired[0].result.stdout) == 3 * MIB
+        resend = _completed(7, "big-1", wait=True)
+        async with peers(stack.running.port, 1) as (peer,):
+            for _ in range(5):
+                await peer.call(PUBLISH_EVENT, resend)
+            # Each resend is answered from the history, its 3 MiB read one at a time: the
+            # share (4 MiB) takes two, the others wait for them to be read.
+            assert await eventually(lambda: peer.held >= 2), peer.headed
+            late = await peer.call(PUBLISH_EVENT, resend)
+            assert await eventually(lambda: late in peer.ended), peer.ended
+            assert peer.held == 2, (peer.held, peer.ended)
+            # An event without wait, alone or batched, is never refused: it is applied.
+            alone = await peer.call(PUBLISH_EVENT, _completed(7, "small-1", wait=False))
+            batched = await peer.call(
+                PUBLISH_EVENTS,
+                executor_pb2.PublishEventsRequest(events=[_completed(7, "small-2", wait=False)]),
+            )
+            assert await eventually(lambda: {alone, batched} <= peer.headed), peer.headed
+            assert not {alone, batched} & peer.ended, peer.ended
+
+
+async def test_a_wait_answer_keeps_32_mib_of_output_in_firing_order(tmp_path: Path) -> None:
+    settings = _big_output_settings(tmp_path)
+    async with running_stack(settings) as stack:
+        # 20 + 10 MiB fit in 32, the third's 3 MiB do not, nor the fourth's after it.
+        codes = [_writes(4, 16), _writes(10), _writes(3), _writes(0, 0)]
+        callbacks = [
+            {"triggers": "complete-job-self", "language": "python", "code": code} for code in codes
+        ]
+        await stack.client.register_job({"id": 8, "name": "many", "callbacks": callbacks})
+        for event_id in ("many-1", "many-1"):  # the first application, then a resend
+            async with ExecutorClient(stack.address) as reading:  # up to 160 MiB
+                answer = await reading.publish_event(_completed(8, event_id, wait=True), timeout=60)
+            fired = list(answer.fired)  # in firing order: the callbacks' order
+            assert [f.callback_id for f in fired] == sorted(f.callback_id for f in fired)
+            assert [f.result.outcome for f in fired] == [executor_pb2.Outcome.OUTCOME_SUCCEEDED] * 4
+            kept = [len(f.result.stdout) + len(f.result.stderr) for f in fired]
+            assert kept == [20 * MIB, 10 * MIB, 0, 0], kept
+            assert [f.output_left_out for f in fired] == [False, False, True, True]
+            assert sum(kept) <= WAIT_ANSWER_OUTPUT
+            # The run's whole output is in its record.
+            whole = await get_run(stack, fired[2].invocation_id)
+            assert len(whole.run.result.stdout) == 3 * MIB

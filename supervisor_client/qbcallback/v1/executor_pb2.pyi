@@ -896,6 +896,7 @@ class Firing(_message.Message):
     WORK_NAME_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
     SHADOW_FIELD_NUMBER: _builtins.int
+    OUTPUT_LEFT_OUT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     callback_id: _builtins.int
     triggers: _builtins.str
@@ -916,6 +917,11 @@ class Firing(_message.Message):
     """True when it runs as a shadow (a callbacks.conf line marked shadow): its qb
     actions are recorded, not applied.
     """
+    output_left_out: _builtins.bool
+    """True when result is given without its stdout and stderr: a wait answer's results
+    keep 32 MiB of output in all, in firing order (an event firing many big runs
+    would make an answer no client takes). GetRun(invocation_id) has the whole run.
+    """
     @_builtins.property
     def result(self) -> Global___ExecuteResponse:
         """The run's result, when the request asked to wait."""
@@ -933,10 +939,11 @@ class Firing(_message.Message):
         work_name: _builtins.str = ...,
         refusal: _builtins.str = ...,
         shadow: _builtins.bool = ...,
+        output_left_out: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "refusal", b"refusal", "result", b"result", "shadow", b"shadow", "triggers", b"triggers", "universal", b"universal", "work_name", b"work_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callback_id", b"callback_id", "invocation_id", b"invocation_id", "job_id", b"job_id", "language", b"language", "output_left_out", b"output_left_out", "refusal", b"refusal", "result", b"result", "shadow", b"shadow", "triggers", b"triggers", "universal", b"universal", "work_name", b"work_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
