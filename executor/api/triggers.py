@@ -32,23 +32,27 @@ MAX_DRY_RUN_ITEMS: Final = 1000
 MAX_DRY_RUN_LIST_BYTES: Final = 4 << 20
 # A wait answer's results keep this much stdout and stderr in all (UTF-8 bytes), in firing
 # order: with 2 x 16 MiB per run, an event firing six made 201 MB, past what any client
-# takes (ExecutorClient 160 MiB), resends alike (probe 167). A later result is given
-# without its output (``output_left_out``): GetRun has it.
+# takes (ExecutorClient 160 MiB), resends alike (probe 167). A result whose output does
+# not fit in what is left is given without it (``output_left_out``): GetRun has it.
 MAX_WAIT_ANSWER_OUTPUT_BYTES: Final = 32 << 20
 
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=Message)
 
 
+def _utf8_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def _wait_answer_firings(fired: Iterable[Fired]) -> list[executor_pb2.Firing]:
     """The messages of a wait answer's firings, their output within the answer's bound."""
     messages = []
-    output = 0
+    room = MAX_WAIT_ANSWER_OUTPUT_BYTES
     for each in fired:
         result = each.result
-        if result is not None and output <= MAX_WAIT_ANSWER_OUTPUT_BYTES:
-            output += len(result.stdout.encode()) + len(result.stderr.encode())
-        if result is None or output <= MAX_WAIT_ANSWER_OUTPUT_BYTES:
+        size = 0 if result is None else _utf8_bytes(result.stdout) + _utf8_bytes(result.stderr)
+        if result is None or size <= room:
+            room -= size
             messages.append(convert.firing_message(each))
             continue
         bare = dataclasses.replace(each, result=dataclasses.replace(result, stdout="", stderr=""))

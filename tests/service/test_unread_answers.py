@@ -197,11 +197,11 @@ async def test_unread_resends_of_a_waited_event_are_bounded_per_connection(
             assert not {alone, batched} & peer.ended, peer.ended
 
 
-async def test_a_wait_answer_keeps_32_mib_of_output_in_firing_order(tmp_path: Path) -> None:
+async def test_a_wait_answer_keeps_32_mib_of_output_first_come_first_kept(tmp_path: Path) -> None:
     settings = _big_output_settings(tmp_path)
     async with running_stack(settings) as stack:
-        # 20 + 10 MiB fit in 32, the third's 3 MiB do not, nor the fourth's after it.
-        codes = [_writes(4, 16), _writes(10), _writes(3), _writes(0, 0)]
+        # 20 + 10 MiB fit in 32, the third's 3 MiB do not, the fourth's 1 MiB does.
+        codes = [_writes(4, 16), _writes(10), _writes(3), _writes(1)]
         callbacks = [
             {"triggers": "complete-job-self", "language": "python", "code": code} for code in codes
         ]
@@ -213,8 +213,8 @@ async def test_a_wait_answer_keeps_32_mib_of_output_in_firing_order(tmp_path: Pa
             assert [f.callback_id for f in fired] == sorted(f.callback_id for f in fired)
             assert [f.result.outcome for f in fired] == [executor_pb2.Outcome.OUTCOME_SUCCEEDED] * 4
             kept = [len(f.result.stdout) + len(f.result.stderr) for f in fired]
-            assert kept == [20 * MIB, 10 * MIB, 0, 0], kept
-            assert [f.output_left_out for f in fired] == [False, False, True, True]
+            assert kept == [20 * MIB, 10 * MIB, 0, MIB], kept
+            assert [f.output_left_out for f in fired] == [False, False, True, False]
             assert sum(kept) <= WAIT_ANSWER_OUTPUT
             # The run's whole output is in its record.
             whole = await get_run(stack, fired[2].invocation_id)

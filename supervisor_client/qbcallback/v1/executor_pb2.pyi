@@ -919,8 +919,9 @@ class Firing(_message.Message):
     """
     output_left_out: _builtins.bool
     """True when result is given without its stdout and stderr: a wait answer's results
-    keep 32 MiB of output in all, in firing order (an event firing many big runs
-    would make an answer no client takes). GetRun(invocation_id) has the whole run.
+    keep 32 MiB of output in all, taken in firing order, a result whose output does
+    not fit in what is left losing its own (an event firing many big runs would make
+    an answer no client takes). GetRun(invocation_id) has the whole run.
     """
     @_builtins.property
     def result(self) -> Global___ExecuteResponse:
