@@ -68,6 +68,10 @@ LINGER_S: Final = 2.0
 WRITE_PIECE_BYTES: Final = 256 << 10
 # Of a request line too long to take (414), what is read to tell /healthz from a page.
 MAX_TARGET_SEEN: Final = 4096
+# Empty lines skipped before a request line; one more is a request line without words.
+MAX_EMPTY_LINES: Final = 8
+# The stdlib's bound of a request line (handle_one_request's 65536: 414 past it).
+_MAX_REQUEST_LINE: Final = 65536
 # Each piece must be taken by the client within this (the socket's send timeout while a
 # body is written): a client that asks for a 16 MiB stream and never reads is dropped,
 # and its stream's slot (stream_gate) and copy with it, instead of holding them for the
@@ -154,6 +158,19 @@ class _Handler(BaseHTTPRequestHandler):
         # for the headers of a request line without a version (HTTP/0.9 has none),
         # holding the connection until the idle timeout, and served HTTP/0.9 without a
         # status line or a header (so none of SECURITY_HEADERS), HTTP/1.2 as HTTP/1.1.
+        # Empty lines before it are skipped (RFC 9112 2.2: a client's CRLF after the body
+        # before): the stdlib closed the connection on one, unanswered.
+        for _ in range(MAX_EMPTY_LINES):
+            if self.raw_requestline != b"\r\n":
+                break
+            self.raw_requestline = self.rfile.readline(_MAX_REQUEST_LINE + 1)
+        if not self.raw_requestline:  # gone after its empty lines: nothing to answer
+            self.close_connection = True
+            return False
+        if len(self.raw_requestline) > _MAX_REQUEST_LINE:
+            return self._refuse_request_line(HTTPStatus.REQUEST_URI_TOO_LONG, "")
+        if not self.raw_requestline.strip():
+            return self._refuse_request_line(400, f"no request line: {_SEND}")
         # Its line end first: the stdlib splits the line's words at a bare CR too.
         try:
             framing.check_line_end(self.raw_requestline)
@@ -373,15 +390,25 @@ class _Server(ThreadingHTTPServer):
             super().finish_request(request, client_address)
             return
         request.settimeout(IDLE_TIMEOUT_S)
-        try:
-            wrapped = self._tls.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError) as err:
-            logger.info("http: TLS handshake with %s failed: %s", client_address[0], err)
-            return
-        with self._connections_lock:  # the TLS socket now owns the connection
+        # The TLS socket owns the connection from here (the raw one is detached): tracked
+        # before its handshake, under the lock ``end_connections`` takes, so a stop shuts
+        # down a handshake waiting for its peer too (it held the stop for the timeout).
+        with self._connections_lock:
+            try:
+                wrapped = self._tls.wrap_socket(
+                    request, server_side=True, do_handshake_on_connect=False
+                )
+            except (ssl.SSLError, OSError) as err:
+                logger.info("http: TLS with %s failed: %s", client_address[0], err)
+                return
             self._connections.discard(request)
             self._connections.add(wrapped)
         try:
+            try:
+                wrapped.do_handshake()
+            except (ssl.SSLError, OSError) as err:
+                logger.info("http: TLS handshake with %s failed: %s", client_address[0], err)
+                return
             super().finish_request(wrapped, client_address)
         finally:
             with self._connections_lock:

@@ -23,7 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from executor import server
 from executor.config import Settings
 from executor.errors import ConfigError
-from executor.web.server import MAX_CONNECTIONS, MAX_HEADER_BYTES, MAX_HEADER_LINES
+from executor.web.server import (
+    IDLE_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    MAX_HEADER_BYTES,
+    MAX_HEADER_LINES,
+)
 from executor.web.stream_gate import MAX_STREAMS_AT_ONCE, STREAM_WAIT_S
 from supervisor_client import ExecutorClient
 from tests.conftest import Stack, running_stack, stack_settings
@@ -655,6 +660,28 @@ async def test_a_post_whose_body_is_too_large_is_answered_413_not_reset(
             )
             assert line.startswith("HTTP/1.1 413 "), line
             assert b"request body too large" in body
+
+
+async def test_a_tls_connection_in_its_handshake_does_not_hold_the_stop(tmp_path: Path) -> None:
+    # The handshake's socket was not the one the stop shuts down: a connection that sent
+    # nothing held the stop for its 30 s timeout (probe 171), past systemd's TimeoutStopSec.
+    directory = tmp_path / "pki"
+    directory.mkdir()
+    pki: Pki = _make_pki(directory)
+    settings = http_settings(tmp_path, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
+    silent = []
+    try:
+        async with running_stack(settings) as web:
+            port = web.running.http_port or 0
+            silent.append(socket.create_connection(("127.0.0.1", port)))
+            silent.append(socket.create_connection(("127.0.0.1", port)))
+            silent[1].sendall(b"\x16\x03\x01")  # a ClientHello begun
+            await asyncio.sleep(0.5)  # each in its handshake
+            began = time.monotonic()
+        assert time.monotonic() - began < IDLE_TIMEOUT_S / 3
+    finally:
+        for connection in silent:
+            connection.close()
 
 
 @pytest.mark.parametrize("length", [b"-5", b"abc", b"+5", b"5_0", b""])

@@ -181,6 +181,20 @@ async def test_a_version_other_than_http_1_0_and_1_1_is_refused_with_a_status_li
         assert line.startswith("HTTP/1.1 200 "), (served, line)
 
 
+async def test_empty_lines_before_a_request_line_are_skipped(web: Stack) -> None:
+    # RFC 9112 2.2: a server skips them (a client's CRLF after a body); the stdlib closed
+    # the connection unanswered on one. Past eight, or with nothing after them: 400.
+    port = web.running.http_port or 0
+    request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    for empty in (b"\r\n", b"\r\n" * 8):
+        line, _, _ = await asyncio.to_thread(raw_exchange, port, empty + request)
+        assert line.startswith("HTTP/1.1 200 "), (empty, line)
+    for refused in (b"\r\n" * 9 + request, b"\r\n \r\n"):
+        line, headers, body = await asyncio.to_thread(raw_exchange, port, refused)
+        assert line.startswith("HTTP/1.1 400 "), (refused, line)
+        assert b"no request line" in body and headers["Connection"] == "close"
+
+
 def _http(
     port: int, method: str, target: str, body: str | None = None, **headers: str
 ) -> tuple[int, dict[str, str], str]:
