@@ -26,7 +26,7 @@ from executor.api.interceptors import CallGuard
 from executor.config import Settings
 from executor.heap_return import HeapTrimmer
 from executor.runs.metrics import Metrics
-from supervisor_client.qbcallback.v1 import executor_pb2
+from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 from tests.conftest import running_stack, stack_settings
 from tests.helpers.health import SERVING, health_list, health_updates
 from tests.helpers.unacked_peer import UnackedPeer
@@ -306,6 +306,31 @@ async def test_a_connection_gone_with_requests_sent_in_part_is_followed_by_a_tri
         before = trimmer.trims
         await peer.close()
         assert await eventually(lambda: trimmer.trims > before, timeout_s=10)
+
+
+@pytest.mark.parametrize("compression", [grpc.Compression.Gzip, grpc.Compression.Deflate])
+async def test_a_compressed_request_is_refused_and_an_uncompressed_one_runs(
+    tmp_path: Path, compression: grpc.Compression
+) -> None:
+    # 16 KiB of gzip inflated to a 16 MiB request: 200 of them, 3 MB sent, held every other
+    # caller 30 s while each was decoded (probe 170).
+    async with running_stack(stack_settings(tmp_path / "data")) as stack:
+        request = executor_pb2.ExecuteRequest()
+        request.callback.language = "python"
+        request.callback.code = "pass"
+        request.context.job.id = 1
+        request.context.job.user = "root"
+        async with grpc.aio.insecure_channel(stack.address, compression=compression) as channel:
+            stub = executor_pb2_grpc.CallbackExecutorServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Execute(request, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "disabled" in (refused.value.details() or "")
+        async with grpc.aio.insecure_channel(stack.address) as channel:
+            answer = await executor_pb2_grpc.CallbackExecutorServiceStub(channel).Execute(
+                request, timeout=30
+            )
+        assert answer.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED
 
 
 async def _health_server(**ages: int) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
