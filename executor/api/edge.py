@@ -147,7 +147,7 @@ def build(
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
             # Requests as sent only (identity): 16 KiB of gzip inflated to a 16 MiB request,
             # each held the loop ~0.15 s to decode, and 200 of them, 3 MB sent, held every
-            # other caller for 30 s (probe 167). A compressed request is UNIMPLEMENTED.
+            # other caller for 30 s (probe 170). A compressed request is UNIMPLEMENTED.
             ("grpc.compression_enabled_algorithms_bitset", 1 << grpc.Compression.NoCompression),
             ("grpc.so_reuseport", 0),
             *server_options(settings),
