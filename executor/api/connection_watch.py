@@ -9,7 +9,7 @@ seconds, on a worker thread, tells when the port is full and which addresses hol
 what a firewall rule needs. A port found full at a look refuses the next connection;
 fullness between two looks goes unseen, as a connection refused then does.
 
-A look that finds fewer connections than the one before calls ``on_fewer``: what the
+A look that finds a connection of the one before gone calls ``on_fewer``: what the
 connections gone held (requests sent in part, which no call ever took, so no call's end
 gives their memory back) is then free to be given back to the system.
 """
@@ -61,10 +61,10 @@ def _address(hex_address: str) -> str:
     return text.removeprefix("::ffff:") if "." in text else text
 
 
-def peers(port: int) -> Counter[str]:
-    """The addresses of this process's connections on local ``port`` (accepted ones), counted."""
+def connections(port: int) -> set[tuple[str, str]]:
+    """This process's connections on local ``port`` (accepted ones): (address, its port) each."""
     inodes = _own_socket_inodes()
-    found: Counter[str] = Counter()
+    found: set[tuple[str, str]] = set()
     for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
         try:
             with open(table, encoding="ascii") as lines:
@@ -75,7 +75,8 @@ def peers(port: int) -> Counter[str]:
                     if state == LISTEN or inode not in inodes:
                         continue
                     if int(local.rsplit(":", 1)[1], 16) == port:
-                        found[_address(remote.rsplit(":", 1)[0])] += 1
+                        address, remote_port = remote.rsplit(":", 1)
+                        found.add((_address(address), remote_port))
         except FileNotFoundError:  # no IPv6 in this kernel
             continue
     return found
@@ -97,12 +98,18 @@ class ConnectionWatch(Collector):
         self.open_now = 0  # at the last look; read whole by a scrape's thread
         self._warned_at = -math.inf
         self._on_fewer = on_fewer
+        self._seen: set[tuple[str, str]] = set()  # at the last look
+
+    def look(self, found: set[tuple[str, str]], now: float) -> None:
+        """Take one look's connections: ``on_fewer`` when one seen before has gone, then ``note``."""
+        if self._seen - found and self._on_fewer is not None:
+            self._on_fewer()  # by which: one closed as another opened is one gone
+        self._seen = found
+        self.note(Counter(address for address, _ in found), now)
 
     def note(self, found: Counter[str], now: float) -> None:
         """Take one look's count; a WARNING when the port is full, once a minute at most."""
-        before, self.open_now = self.open_now, sum(found.values())
-        if self.open_now < before and self._on_fewer is not None:
-            self._on_fewer()
+        self.open_now = sum(found.values())
         if self.open_now < self.limit:
             return
         if now - self._warned_at < WARN_EVERY_S:
@@ -123,11 +130,11 @@ class ConnectionWatch(Collector):
         """Look until cancelled; stop at the first look that fails (no /proc), saying so."""
         while True:
             try:
-                found = await asyncio.to_thread(peers, self.port)
+                found = await asyncio.to_thread(connections, self.port)
             except OSError as err:
                 logger.info("gRPC connections not watched: %s", err)
                 return
-            self.note(found, time.monotonic())
+            self.look(found, time.monotonic())
             await asyncio.sleep(self.interval_s)
 
     def describe(self) -> list[Metric]:

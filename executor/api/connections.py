@@ -102,4 +102,9 @@ def server_options(
         ("grpc.max_connection_idle_ms", idle_ms),
         ("grpc.max_connection_age_ms", age_ms),
         ("grpc.max_connection_age_grace_ms", age_grace_ms),
+        # No window grown by bandwidth probes: a call's stream takes what the executor reads
+        # (a request being read opens the window to its whole size) plus HTTP/2's first
+        # 64 KiB. Grown, 64 calls with a wrong token, waiting their turn unread, were sent
+        # most of their 15 MiB each: 800 MB (probe 172).
+        ("grpc.http2.bdp_probe", 0),
     ]

@@ -164,7 +164,8 @@ class WrongTokenTurns:
     A guess is answered only once its turn is over, so however many calls a guesser
     makes at once, on however many connections, the port says "wrong" ``at_once /
     delay_s`` times a second at most. Beyond ``at_once`` a call waits for a turn in
-    gRPC's own task for it (and one future here), before its request is read: nothing of
+    gRPC's own task for it (and one future here), in its refusal, its request never read
+    (gRPC holds HTTP/2's first window of it, 64 KiB: ``connections.py``): nothing of
     ours per call, and no more calls than gRPC takes anyway (``max_connections`` x
     ``max_streams``), as many as an open Health.Watch lets anyone hold. Answering those
     at once instead, even with another status, would tell their guesses wrong at full
@@ -230,13 +231,14 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         reason = self._refusal(handler_call_details)
         if not reason:
             return handler
-        if reason == "wrong bearer token":
-            # Here, before the call's request is read: a waiting guess holds none of it.
-            await self._turns.wait()
         method = handler_call_details.method
 
         async def refuse(requests: Any, context: Context) -> Any:
             del requests  # never read (below)
+            if reason == "wrong bearer token":
+                # In the refusal, not before it is chosen: gRPC took the whole request of
+                # a call waiting there (64 guesses of 15 MiB: 800 MB); here none of it.
+                await self._turns.wait()
             # Here, not above: only the call's context knows who made it.
             self._refusals.refused(peer_address(context.peer()), method, reason)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, _TOLD[reason])

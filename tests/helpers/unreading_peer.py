@@ -20,7 +20,9 @@ from typing import Final
 from google.protobuf.message import Message
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_DATA, _HEADERS, _SETTINGS, _PING, _GOAWAY = 0x0, 0x1, 0x4, 0x6, 0x7
+_DATA, _HEADERS, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE = 0x0, 0x1, 0x4, 0x6, 0x7, 0x8
+# HTTP/2's first flow-control window, of a stream and of the connection (RFC 9113 6.9.2).
+FIRST_WINDOW: Final = 65535
 _END_STREAM, _ACK, _END_HEADERS = 0x1, 0x1, 0x4
 _INITIAL_WINDOW_SIZE: Final = 0x4
 
@@ -84,6 +86,10 @@ class UnreadingPeer:
         self.ended: set[int] = set()  # streams ended before any answer came (a status alone)
         self.headed: set[int] = set()  # streams answered with headers (held, or ended)
         self.answered: set[int] = set()  # streams whose answer began to come (DATA)
+        # What the server lets a stream send it at first (its SETTINGS), and beyond that
+        # by stream (WINDOW_UPDATE; 0: the connection's).
+        self.first_window = FIRST_WINDOW
+        self.granted: dict[int, int] = {}
         self._pump = asyncio.ensure_future(self._read())
 
     @classmethod
@@ -120,6 +126,31 @@ class UnreadingPeer:
         await self._writer.drain()
         return stream
 
+    async def send_within_windows(self, stream: int, sent: int, until: float) -> int:
+        """Send ``stream`` more of its request as the server's windows allow, until it ends.
+
+        ``sent``: what the stream has sent already; returns what it has sent in all, once
+        the stream has ended or the loop's time has passed ``until`` (one stream alone on
+        the connection: their windows are spent together).
+        """
+        loop = asyncio.get_running_loop()
+        while stream not in self.ended and loop.time() < until:
+            room = (
+                min(
+                    self.first_window + self.granted.get(stream, 0),
+                    FIRST_WINDOW + self.granted.get(0, 0),
+                )
+                - sent
+            )
+            if room > 0:
+                piece = min(room, 16384)
+                self._writer.write(frame(_DATA, 0, stream, b"\x0a" * piece))
+                await self._writer.drain()
+                sent += piece
+            else:
+                await asyncio.sleep(0.01)
+        return sent
+
     async def _read(self) -> None:
         reader, writer = self._reader, self._writer
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
@@ -129,6 +160,10 @@ class UnreadingPeer:
                 stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
                 payload = await reader.readexactly(length)
                 if kind == _SETTINGS and not flags & _ACK:
+                    for at in range(0, len(payload) - 5, 6):
+                        key, value = struct.unpack(">HI", payload[at : at + 6])
+                        if key == _INITIAL_WINDOW_SIZE:
+                            self.first_window = value
                     writer.write(frame(_SETTINGS, _ACK, 0))
                 elif kind == _PING and not flags & _ACK:
                     writer.write(frame(_PING, _ACK, 0, payload))
@@ -138,6 +173,9 @@ class UnreadingPeer:
                     self.headed.add(stream)
                     if flags & _END_STREAM and stream not in self.answered:
                         self.ended.add(stream)
+                elif kind == _WINDOW_UPDATE:  # stream 0: the connection's
+                    increment = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+                    self.granted[stream] = self.granted.get(stream, 0) + increment
                 elif kind == _GOAWAY:
                     return
 

@@ -12,7 +12,7 @@ import pytest
 from executor.api.interceptors import WRONG_TOKEN_DELAY_S, WRONG_TOKENS_AT_ONCE
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 from tests.conftest import running_stack, stack_settings
-from tests.helpers.unreading_peer import UnreadingPeer
+from tests.helpers.unreading_peer import FIRST_WINDOW, UnreadingPeer
 from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.service
@@ -96,5 +96,23 @@ async def test_a_call_without_the_right_token_is_refused_before_its_request_is_r
                 return peer.ended >= set(calls)
 
             assert await eventually(refused, timeout_s=10 * WRONG_TOKEN_DELAY_S), peer.ended
+        finally:
+            await peer.close()
+
+
+async def test_a_wrong_token_waiting_its_turn_is_sent_no_more_of_its_request_than_the_first_window(
+    tmp_path: Path,
+) -> None:
+    # gRPC took the whole request of a call waiting its turn: 64 guesses of 15 MiB on one
+    # connection had the executor hold 800 MB (probe 172). The peer sends as the windows let it.
+    execute = "/qbcallback.v1.CallbackExecutorService/Execute"
+    async with running_stack(stack_settings(tmp_path / "data", auth_token=TOKEN)) as stack:
+        peer = await UnreadingPeer.connect(stack.running.port)
+        try:
+            stream = await peer.begin(execute, 16 << 20, 0, ("authorization", "Bearer no"))
+            until = asyncio.get_running_loop().time() + 10 * WRONG_TOKEN_DELAY_S
+            sent = await peer.send_within_windows(stream, 5, until)
+            assert stream in peer.ended  # refused, after its turn
+            assert sent <= 2 * FIRST_WINDOW, (sent, peer.first_window, peer.granted)
         finally:
             await peer.close()

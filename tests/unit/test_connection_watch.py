@@ -38,9 +38,11 @@ def test_a_full_port_is_warned_of_once_a_minute_naming_who_holds_it(
     ]
 
 
-def test_a_look_finding_fewer_connections_than_the_last_says_so() -> None:
+def test_a_look_finding_a_connection_gone_says_so_even_as_another_came() -> None:
     fewer: list[int] = []
     watch = ConnectionWatch(port=50051, limit=9, on_fewer=lambda: fewer.append(1))
-    for count in (2, 3, 3, 1, 0, 0, 2):
-        watch.note(Counter({"10.0.0.9": count}), now=0.0)
-    assert len(fewer) == 2
+    a, b, c = ("10.0.0.9", "C350"), ("10.0.0.9", "C351"), ("10.0.0.7", "C350")
+    for found in ({a}, {a, b}, {a, b}, {a, c}, {c}, set(), set(), {b}):
+        watch.look(found, now=0.0)
+    assert len(fewer) == 3  # b as c came, a, then c
+    assert watch.open_now == 1
