@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
+from executor import sql
 from executor.api.triggers import TriggerServicer
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.helpers.servicer_context import FakeContext, as_context
@@ -25,8 +26,7 @@ from tests.helpers.trigger_engines import MakeEngine, job
 
 pytestmark = pytest.mark.service
 
-# Few enough rows that registering them on a loaded machine stays within PostgreSQL's
-# statement bound (5 s), each item enough JSON (~130 bytes) that parsing takes a while.
+# Each item enough JSON (~130 bytes) that parsing takes a while.
 ITEMS = 150_000
 RESULTS = {"frames": [1, 2, 3, 4], "out": "x", "err": "", "retries": 0}
 
@@ -60,7 +60,7 @@ async def loop_gaps() -> AsyncIterator[list[float]]:
 
 
 async def test_reading_a_big_job_holds_the_loop_far_less_than_parsing_it(
-    engines: MakeEngine,
+    engines: MakeEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = engines()
     triggers = TriggerServicer(engine)
@@ -72,7 +72,11 @@ async def test_reading_a_big_job_holds_the_loop_far_less_than_parsing_it(
     # The name as the database hands it back from the JSON: escapes and all.
     name = 'rénder "1" \\ \t'
     big = job(5, ("complete-job-ghost", "x"), label="big", pgrp=5, pid=3, name=name)
-    engine.register_job({**big, "agenda": agenda})
+    with monkeypatch.context() as setup:
+        # Storing the rows is the setup, not what is measured: on a loaded CI machine their
+        # statement passed the store's 5 s answer deadline (its watchdog cut it).
+        setup.setattr(sql, "ANSWER_DEADLINE_S", 60.0)
+        engine.register_job({**big, "agenda": agenda})
     engine.register_job(job(6, label="other", pgrp=5))
     store = engine.store
 
