@@ -101,9 +101,9 @@ async def test_every_call_is_refused_and_one_is_logged(caplog: pytest.LogCapture
     )
     for port in range(1000, 1200):  # each call on a connection of its own
         handler = await interceptor.intercept_service(continuation, details)
-        assert handler is not None and handler.unary_unary is not None
+        assert handler is not None and handler.stream_unary is not None
         with pytest.raises(Aborted) as refused:
-            await handler.unary_unary(b"", PeerContext(f"ipv4:10.1.2.3:{port}"))  # type: ignore[arg-type]
+            await handler.stream_unary(iter(()), PeerContext(f"ipv4:10.1.2.3:{port}"))  # type: ignore[arg-type]
         assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
     assert warnings(caplog) == [f"refused {METHOD} from 10.1.2.3: wrong bearer token"]
 
@@ -138,7 +138,7 @@ async def test_the_caller_is_told_what_was_wrong_never_the_token(
     handler = await TokenAuthInterceptor("tok").intercept_service(
         continuation, cast(grpc.HandlerCallDetails, details)
     )
-    assert handler is not None and handler.unary_unary is not None
+    assert handler is not None and handler.stream_unary is not None
     with pytest.raises(Aborted) as refused:
-        await handler.unary_unary(b"", PeerContext("ipv4:10.1.2.3:1000"))  # type: ignore[arg-type]
+        await handler.stream_unary(iter(()), PeerContext("ipv4:10.1.2.3:1000"))  # type: ignore[arg-type]
     assert (refused.value.code, refused.value.details) == (grpc.StatusCode.UNAUTHENTICATED, told)
