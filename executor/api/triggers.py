@@ -140,13 +140,12 @@ class TriggerServicer(executor_pb2_grpc.TriggerServiceServicer):
         fired, duplicate = await self._engine.publish(
             event, wait=request.wait, in_turn=lambda read: self._turns.take(room, read)
         )
-        if not request.wait:
-            return executor_pb2.PublishEventResponse(
-                fired=[convert.firing_message(f) for f in fired], duplicate=duplicate
-            )
-        return executor_pb2.PublishEventResponse(
-            fired=_wait_answer_firings(fired), duplicate=duplicate
+        messages = (
+            _wait_answer_firings(fired)
+            if request.wait
+            else [convert.firing_message(f) for f in fired]
         )
+        return executor_pb2.PublishEventResponse(fired=messages, duplicate=duplicate)
 
     @grpc_errors
     async def PublishEvents(

@@ -1426,21 +1426,19 @@ class TriggerEngine:
         done_at: float | None = None
         loop = asyncio.get_running_loop()
         while True:
-            why = self._firings.not_recorded(invocation_id)
-            if why:
-                raise UnavailableError(why)
+            await self._firing_ended(invocation_id)  # again each look: a fleet may re-run it
+            if self._recorded_result is None:
+                return None
             try:
-                if not await self._holds(invocation_id):
-                    if self._recorded_result is None:
-                        return None
-                    result = await asyncio.to_thread(self._recorded_result, invocation_id)
-                    if result is not None:
-                        return result
-                    done_at = loop.time() if done_at is None else done_at
-                    if loop.time() - done_at >= RECORD_WAIT_S:
-                        return None
+                result = await asyncio.to_thread(self._recorded_result, invocation_id)
             except UnavailableError as err:  # PostgreSQL away for now: look again
                 logger.debug("firing %s: its result of record: %s", invocation_id, err)
+            else:
+                if result is not None:
+                    return result
+                done_at = loop.time() if done_at is None else done_at
+                if loop.time() - done_at >= RECORD_WAIT_S:
+                    return None
             await asyncio.sleep(RECORD_POLL_S)
 
     def unrecorded(self, invocation: Invocation, why: str) -> None:

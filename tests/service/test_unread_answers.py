@@ -14,6 +14,7 @@ from typing import Final
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from executor.config import Settings
 from supervisor_client import ExecutorClient
@@ -65,6 +66,19 @@ async def get_run(stack: Stack, invocation_id: str) -> executor_pb2.GetRunRespon
     return answer
 
 
+async def _share_held_then_refused(peer: UnreadingPeer, method: str, request: Message) -> None:
+    """Five calls of 3 MiB answers on ``peer``: its share holds two, a sixth is refused."""
+    for _ in range(5):
+        await peer.call(method, request)
+    # A connection's share (4 MiB) takes two 3 MiB answers; its other calls wait for its
+    # answers to be read.
+    assert await eventually(lambda: peer.held >= 2), peer.headed
+    # Come now, a call is refused at once: its stream ends, unanswered.
+    late = await peer.call(method, request)
+    assert await eventually(lambda: late in peer.ended), peer.ended
+    assert peer.held == 2, (peer.held, peer.ended)
+
+
 async def test_unread_get_runs_are_bounded_per_connection_and_in_all(tmp_path: Path) -> None:
     settings = stack_settings(tmp_path / "data", unread_answers_max_bytes=BOUND_BYTES)
     async with running_stack(settings) as stack:
@@ -72,17 +86,8 @@ async def test_unread_get_runs_are_bounded_per_connection_and_in_all(tmp_path: P
         assert ran.outcome == executor_pb2.Outcome.OUTCOME_SUCCEEDED
         request = executor_pb2.GetRunRequest(invocation_id="bigrun-1")
         async with peers(stack.running.port, 3) as unreading:
-            first = unreading[0]
-            for _ in range(5):
-                await first.call(GET_RUN, request)
-            # A connection's share (4 MiB) takes two 3 MiB answers (GetRuns are made one
-            # at a time, each counted before the next is checked); its other calls wait
-            # for its answers to be read.
-            assert await eventually(lambda: first.held >= 2), first.headed
-            # Come now, a call is refused at once: its stream ends, unanswered.
-            late = await first.call(GET_RUN, request)
-            assert await eventually(lambda: late in first.ended), first.ended
-            assert first.held == 2, (first.held, first.ended)
+            # GetRuns are made one at a time, each counted before the next is checked.
+            await _share_held_then_refused(unreading[0], GET_RUN, request)
 
             # Other connections do the same, until the answers held reach the bound.
             async def refused_at_the_bound() -> grpc.aio.AioRpcError | None:
@@ -179,14 +184,8 @@ async def test_unread_resends_of_a_waited_event_are_bounded_per_connection(
         assert len(first.fired[0].result.stdout) == 3 * MIB
         resend = _completed(7, "big-1", wait=True)
         async with peers(stack.running.port, 1) as (peer,):
-            for _ in range(5):
-                await peer.call(PUBLISH_EVENT, resend)
-            # Each resend is answered from the history, its 3 MiB read one at a time: the
-            # share (4 MiB) takes two, the others wait for them to be read.
-            assert await eventually(lambda: peer.held >= 2), peer.headed
-            late = await peer.call(PUBLISH_EVENT, resend)
-            assert await eventually(lambda: late in peer.ended), peer.ended
-            assert peer.held == 2, (peer.held, peer.ended)
+            # Each resend is answered from the history, its 3 MiB read one at a time.
+            await _share_held_then_refused(peer, PUBLISH_EVENT, resend)
             # An event without wait, alone or batched, is never refused: it is applied.
             alone = await peer.call(PUBLISH_EVENT, _completed(7, "small-1", wait=False))
             batched = await peer.call(
