@@ -1,13 +1,17 @@
-"""The gRPC port's connection watch: /proc's addresses read right, the WARNING once a minute at most."""
+"""The gRPC port's connection watch: its sockets found, addresses read right, the WARNING once a minute at most."""
 
 from __future__ import annotations
 
 import logging
+import socket
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 
-from executor.api.connection_watch import WARN_EVERY_S, ConnectionWatch, _address
+from executor.api import connection_watch
+from executor.api.connection_watch import WARN_EVERY_S, ConnectionWatch, _address, connections
 
 pytestmark = pytest.mark.unit
 
@@ -16,6 +20,61 @@ def test_proc_addresses_are_read_in_host_byte_order() -> None:
     assert _address("0100007F") == "127.0.0.1"
     assert _address("0000000000000000FFFF00000100007F") == "127.0.0.1"  # IPv4-mapped
     assert _address("000080FE00000000FF005702FEB3A1E4") == "fe80::257:ff:e4a1:b3fe"
+
+
+@pytest.fixture
+def sockets() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+def _listening(stack: ExitStack, host: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server = stack.enter_context(socket.socket(family))
+    server.bind((host, 0))
+    server.listen(16)
+    return server
+
+
+def _accepted(stack: ExitStack, server: socket.socket) -> tuple[str, str]:
+    """A connection to ``server``, accepted: (its client's address, port as /proc writes it)."""
+    client = stack.enter_context(socket.create_connection(server.getsockname()[:2]))
+    stack.enter_context(server.accept()[0])
+    address, port = client.getsockname()[:2]
+    return address, f"{port:04X}"
+
+
+def _port(server: socket.socket) -> int:
+    return int(server.getsockname()[1])
+
+
+def test_a_look_finds_the_connections_accepted_on_its_port_only(sockets: ExitStack) -> None:
+    """Not the listener, not the clients' ends, not another port's: by the kernel's diagnostics."""
+    ours, other = _listening(sockets, "127.0.0.1"), _listening(sockets, "127.0.0.1")
+    expected = {_accepted(sockets, ours) for _ in range(3)}
+    _accepted(sockets, other)
+    assert connections(_port(ours)) == expected
+    assert connections(_port(other)) != expected and len(connections(_port(other))) == 1
+    ours6 = _listening(sockets, "::1")
+    assert connections(_port(ours6)) == set()
+    accepted6 = _accepted(sockets, ours6)
+    assert connections(_port(ours6)) == {accepted6}
+
+
+def test_without_socket_diagnostics_the_tcp_tables_say_the_same(
+    sockets: ExitStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours, ours6 = _listening(sockets, "127.0.0.1"), _listening(sockets, "::1")
+    for server in (ours, ours, ours6):
+        _accepted(sockets, server)
+    diagnosed = connections(_port(ours)), connections(_port(ours6))
+
+    def refused(port: int) -> Iterator[tuple[str, str, str]]:
+        raise PermissionError(13, "netlink refused")
+
+    monkeypatch.setattr(connection_watch, "_diagnosed", refused)
+    assert (connections(_port(ours)), connections(_port(ours6))) == diagnosed
+    assert len(diagnosed[0]) == 2 and len(diagnosed[1]) == 1
 
 
 def test_a_full_port_is_warned_of_once_a_minute_naming_who_holds_it(
