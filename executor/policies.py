@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from executor.child.isolation import FRESH_PER_CHILD, identity, mounts_under, open_directory
-from executor.config import (
+from executor.config_values import (
     as_written,
     check_written_type,
     finite_number,
@@ -1029,7 +1029,7 @@ def _resolve_without_the_host(settings: Settings, environ: Mapping[str, str]) ->
     )
 
 
-# Settings the policies build on: one refused leaves them unjudged (config.layered's rule).
+# Settings the policies build on: one refused leaves them unjudged (config_sources.layered's rule).
 _BUILT_ON: Final = ("policies", "default_limits", "max_limits", "languages")
 
 
@@ -1038,7 +1038,7 @@ def problems_beside(
 ) -> list[str]:
     """The ``[policies]`` tables' problems that need nothing of the host, as lines.
 
-    For a config with other bad settings (``config.layered``'s ``beside``): each is
+    For a config with other bad settings (``config_sources.layered``'s ``beside``): each is
     named with them, not after they are fixed. Their binds, and what the host's sandbox
     cannot give, are checked once the other settings are right (``for_host``); nothing
     is said while a setting they build on was refused.

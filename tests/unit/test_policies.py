@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from executor import policies as policies_module
-from executor.config import Settings, validate
+from executor.config import Settings
+from executor.config_checks import validate
 from executor.errors import ConfigError, NotFoundError, PermissionDeniedError
 from executor.policies import (
     PolicySet,
