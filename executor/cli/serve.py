@@ -86,7 +86,7 @@ def layered_settings(
     """
     from_env = environ.get("CBEXEC_CONFIG")
     config_file = config_arg or (Path(from_env) if from_env else None)
-    from executor.policies import problems_beside
+    from executor.policy_host import problems_beside
 
     return config_sources.layered(
         config_file,
