@@ -53,8 +53,9 @@ from executor.dispatcher import Dispatcher
 from executor.errors import ConfigError, UnavailableError
 from executor.heap_return import HeapTrimmer
 from executor.plurals import counted
-from executor.policies import bind_warnings, exposure_warnings, for_host, network_warnings
 from executor.policies import report as policy_report
+from executor.policy_binds import bind_warnings
+from executor.policy_host import exposure_warnings, for_host, network_warnings
 from executor.runs.invocation_ids import FleetIds
 from executor.runs.metrics import Metrics
 from executor.runs.outbox import Outbox

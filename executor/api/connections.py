@@ -43,7 +43,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from executor.config import MAX_CONNECTION_COUNT, Settings
+from executor.config import Settings
+from executor.config_checks import MAX_CONNECTION_COUNT
 from supervisor_client.credentials import KEEPALIVE_TIME_MS
 
 HOUR_MS: Final = 3_600_000

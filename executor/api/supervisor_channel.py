@@ -25,7 +25,8 @@ import grpc
 
 from executor.api import security
 from executor.api.supervisor import SUPERVISOR_CHANNEL_OPTIONS
-from executor.config import GRPC_TARGET_SCHEMES, Settings
+from executor.config import Settings
+from executor.config_checks import GRPC_TARGET_SCHEMES
 from executor.errors import ConfigError
 from supervisor_client.credentials import open_channel
 

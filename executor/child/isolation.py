@@ -96,7 +96,7 @@ _KEPT_ON_REMOUNT = os.ST_RDONLY | os.ST_NOEXEC
 # Where a child with a devpts of its own mounts it: the host's instances under it go.
 DEV_PTS = "/dev/pts"
 # What every child mounts afresh, with what each holds: a bind target that is, holds or
-# lies in one would be hidden or break the mount (refused at start-up: policies._bind).
+# lies in one would be hidden or break the mount (refused at start-up: policy_binds._bind).
 FRESH_PER_CHILD = {"/proc": "proc file system", DEV_PTS: "ptys"}
 # Files and directories the working directory may hold (tmpfs inodes cost kernel memory).
 MAX_WORKDIR_FILES = 65536

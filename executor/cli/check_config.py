@@ -23,15 +23,9 @@ from executor.api import certificate_checks, security, supervisor_channel
 from executor.data_dir_lock import DataDirLock
 from executor.errors import ConfigError
 from executor.plurals import counted
-from executor.policies import (
-    BUILT_IN,
-    allowed_languages,
-    bind_warnings,
-    exposure_warnings,
-    for_host,
-    network_warnings,
-    report,
-)
+from executor.policies import BUILT_IN, report
+from executor.policy_binds import bind_warnings
+from executor.policy_host import allowed_languages, exposure_warnings, for_host, network_warnings
 from executor.runtimes import mail
 from executor.runtimes.check import check_source
 from executor.sandbox import host_limits

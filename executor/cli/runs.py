@@ -497,14 +497,14 @@ def _throwaway_settings(data_dir: Path) -> Settings:
     As root its sandbox uids are the first range no running executor holds, from
     ``$CBEXEC_SANDBOX_UID_BASE`` (or the default) on: a service on this host keeps its own.
     """
-    from executor import config
+    from executor import config_sources
     from executor.sandbox.identity import UidClaim
     from executor.sandbox.process import SandboxRunner
 
     settings = Settings(bind="127.0.0.1:0", data_dir=data_dir, launcher="cold")
     if os.geteuid() != 0:
         return settings
-    first = config.from_env(settings, os.environ).sandbox_uid_base
+    first = config_sources.from_env(settings, os.environ).sandbox_uid_base
     cells = SandboxRunner.cells(settings.max_concurrent)
     return settings.replace(sandbox_uid_base=UidClaim.free_first(first, cells))
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from executor import config, logs, stop_signal
+from executor import config, config_sources, logs, stop_signal
 from executor.cli.connection import EXIT_OK, EXIT_RPC, EXIT_USAGE
 from executor.errors import ConfigError, UnavailableError
 
@@ -86,9 +86,9 @@ def layered_settings(
     """
     from_env = environ.get("CBEXEC_CONFIG")
     config_file = config_arg or (Path(from_env) if from_env else None)
-    from executor.policies import problems_beside
+    from executor.policy_host import problems_beside
 
-    return config.layered(
+    return config_sources.layered(
         config_file,
         environ,
         {k: v for k, v in flags.items() if v is not None},

@@ -39,7 +39,8 @@ from executor.child import protocol
 from executor.child.protocol import IsolationSpec, LaunchSpec, StartFrame
 from executor.logs import outside_any_run
 from executor.model import Limits, Outcome, Usage
-from executor.policies import DEFAULT_UMASK, Policy, directories_now
+from executor.policies import DEFAULT_UMASK, Policy
+from executor.policy_binds import directories_now
 from executor.process_limit import OUT_OF_PROCESSES
 from executor.runtimes.child import CHILD_RUNTIMES, ChildRuntime
 from executor.sandbox import freezer, host_limits

@@ -25,7 +25,7 @@ from executor.child import seccomp
 from executor.child.isolation import under
 from executor.config import Settings
 from executor.errors import ConfigError
-from executor.policies import no_empty_network
+from executor.policy_host import no_empty_network
 from executor.runtimes.child import CHILD_DIR
 from executor.sandbox.cgroup import CGROUP_ROOT, CellCgroups
 from executor.sandbox.identity import check_uid_range

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.config import validate
+from executor.config_checks import validate
 from executor.errors import ConfigError
 from supervisor_client import ClientClosedError, ExecutorClient, FarmClient
 from tests.conftest import running_stack, stack_settings

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from executor import config, server
+from executor import config_checks, server
 from executor.config import Settings
 from executor.errors import ConfigError
 from supervisor_client import ExecutorClient
@@ -282,7 +282,7 @@ def test_link_settings_that_cannot_work_together_are_refused(tmp_path: Path) -> 
     ]
     for overrides, said in cases:
         with pytest.raises(ConfigError) as refused:
-            config.validate(stack_settings(tmp_path / "data", **overrides))
+            config_checks.validate(stack_settings(tmp_path / "data", **overrides))
         assert str(refused.value) == said
 
 

@@ -10,7 +10,7 @@ from typing import Final
 
 import pytest
 
-from executor import config
+from executor import config, config_checks, config_sources, config_values
 from executor.api.security import open_port_warnings
 from executor.cli import build_parser, main
 from executor.cli.connection import EXIT_USAGE
@@ -24,12 +24,12 @@ pytestmark = pytest.mark.unit
 
 
 def test_languages_accept_names_and_qube_numeric_flags() -> None:
-    assert config.parse_languages("python, perl") == {Language.PYTHON, Language.PERL}
-    assert config.parse_languages(5) == {Language.QUBE, Language.PYTHON}
-    assert config.parse_languages("1") == {Language.QUBE}
-    assert config.parse_languages(16 + 4) == {Language.MAIL, Language.PYTHON}
+    assert config_values.parse_languages("python, perl") == {Language.PYTHON, Language.PERL}
+    assert config_values.parse_languages(5) == {Language.QUBE, Language.PYTHON}
+    assert config_values.parse_languages("1") == {Language.QUBE}
+    assert config_values.parse_languages(16 + 4) == {Language.MAIL, Language.PYTHON}
     with pytest.raises(ConfigError, match="unknown language 'ruby'"):
-        config.parse_languages("python,ruby")
+        config_values.parse_languages("python,ruby")
 
 
 def test_toml_then_env_override(tmp_path: Path) -> None:
@@ -37,8 +37,8 @@ def test_toml_then_env_override(tmp_path: Path) -> None:
     toml.write_text(
         'bind = "127.0.0.1:6000"\nmax_concurrent = 3\n[default_limits]\nwall_seconds = 5\n'
     )
-    settings = config.from_toml(config.Settings(), toml)
-    settings = config.from_env(
+    settings = config_sources.from_toml(config.Settings(), toml)
+    settings = config_sources.from_env(
         settings,
         {"CBEXEC_MAX_CONCURRENT": "7", "CBEXEC_DEFAULT_LIMITS__CPU_SECONDS": "2", "HOME": "/x"},
     )
@@ -51,7 +51,7 @@ def test_toml_then_env_override(tmp_path: Path) -> None:
 @pytest.fixture
 def no_settings_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's own ``CBEXEC_*`` settings out of the way: they would add lines."""
-    for variable in [v for v in os.environ if v.startswith(config.ENV_PREFIX)]:
+    for variable in [v for v in os.environ if v.startswith(config_sources.ENV_PREFIX)]:
         monkeypatch.delenv(variable)
 
 
@@ -66,56 +66,60 @@ def no_settings_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_bad_values_name_the_setting(values: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        config.apply(config.Settings(), values, "test")
+        config_sources.apply(config.Settings(), values, "test")
 
 
 def test_validate_rejects_defaults_above_caps() -> None:
-    settings = config.apply(config.Settings(), {"default_limits": {"wall_seconds": 99999}}, "t")
+    settings = config_sources.apply(
+        config.Settings(), {"default_limits": {"wall_seconds": 99999}}, "t"
+    )
     with pytest.raises(ConfigError, match=r"default_limits\.wall_seconds"):
-        config.validate(settings)
+        config_checks.validate(settings)
 
 
 def test_unreadable_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"missing\.toml"):
-        config.from_toml(config.Settings(), tmp_path / "missing.toml")
+        config_sources.from_toml(config.Settings(), tmp_path / "missing.toml")
 
 
 def test_network_takes_auto_none_or_host() -> None:
     with pytest.raises(ConfigError, match="network: expected auto, none or host"):
-        config.validate(config.apply(config.Settings(), {"network": "maybe"}, "t"))
+        config_checks.validate(config_sources.apply(config.Settings(), {"network": "maybe"}, "t"))
     assert config.Settings().network == "auto"
 
 
 def test_http_allowed_hosts_are_names_without_a_port() -> None:
     settings = config.Settings(http_allowed_hosts=" Dash.Studio.Example., render-sup-1 ,,10.0.0.5")
-    assert config.validate(settings).http_allowed_host_names == [
+    assert config_checks.validate(settings).http_allowed_host_names == [
         "dash.studio.example",
         "render-sup-1",
         "10.0.0.5",
     ]
-    assert config.validate(config.Settings(http_allowed_hosts="*")).http_allowed_host_names == ["*"]
+    assert config_checks.validate(
+        config.Settings(http_allowed_hosts="*")
+    ).http_allowed_host_names == ["*"]
     for bad in ("dash:8080", "evil.test/x", "[::1]", "a b", "*.studio.example"):
         with pytest.raises(ConfigError, match=f"http_allowed_hosts: '{re.escape(bad.lower())}'"):
-            config.validate(config.Settings(http_allowed_hosts=bad))
-    env = config.from_env(config.Settings(), {"CBEXEC_HTTP_ALLOWED_HOSTS": "dash.example"})
+            config_checks.validate(config.Settings(http_allowed_hosts=bad))
+    env = config_sources.from_env(config.Settings(), {"CBEXEC_HTTP_ALLOWED_HOSTS": "dash.example"})
     assert env.http_allowed_host_names == ["dash.example"]
 
 
 def test_http_bind_is_off_by_default_and_checked_when_set() -> None:
     assert config.Settings().http_bind == ""
-    assert config.validate(config.Settings(http_bind="127.0.0.1:50052")).http_bind
+    assert config_checks.validate(config.Settings(http_bind="127.0.0.1:50052")).http_bind
     with pytest.raises(ConfigError, match="http_bind: expected host:port"):
-        config.validate(config.Settings(http_bind="50052"))
+        config_checks.validate(config.Settings(http_bind="50052"))
     with pytest.raises(ConfigError, match="http_bind: must differ from bind"):
-        config.validate(config.Settings(http_bind="127.0.0.1:50051"))
-    env = config.from_env(
+        config_checks.validate(config.Settings(http_bind="127.0.0.1:50051"))
+    env = config_sources.from_env(
         config.Settings(), {"CBEXEC_HTTP_BIND": "[::1]:9000", "CBEXEC_HTTP_EXEMPT_METRICS": "yes"}
     )
     assert (env.http_bind, env.http_exempt_metrics) == ("[::1]:9000", True)
 
 
 def test_the_clients_address_variable_is_not_a_setting() -> None:
-    settings = config.from_env(
+    settings = config_sources.from_env(
         config.Settings(), {"CBEXEC_ADDRESS": "10.0.0.1:50051", "CBEXEC_MAX_QUEUE": "9"}
     )
     assert settings.max_queue == 9
@@ -127,13 +131,18 @@ def test_the_queues_bytes_default_to_256_mib_and_are_set_in_a_file_or_the_enviro
     assert config.Settings().max_queue_bytes == 256 << 20
     toml = tmp_path / "c.toml"
     toml.write_text("max_queue_bytes = 67_108_864\n")
-    assert config.validate(config.from_toml(config.Settings(), toml)).max_queue_bytes == 64 << 20
-    env = config.from_env(config.Settings(), {"CBEXEC_MAX_QUEUE_BYTES": "16777216"})
-    assert config.validate(env).max_queue_bytes == 16 << 20
+    assert (
+        config_checks.validate(config_sources.from_toml(config.Settings(), toml)).max_queue_bytes
+        == 64 << 20
+    )
+    env = config_sources.from_env(config.Settings(), {"CBEXEC_MAX_QUEUE_BYTES": "16777216"})
+    assert config_checks.validate(env).max_queue_bytes == 16 << 20
 
 
 def test_max_concurrent_zero_means_the_hosts_default() -> None:
-    settings = config.from_env(config.Settings(max_concurrent=3), {"CBEXEC_MAX_CONCURRENT": "0"})
+    settings = config_sources.from_env(
+        config.Settings(max_concurrent=3), {"CBEXEC_MAX_CONCURRENT": "0"}
+    )
     assert settings.max_concurrent == config.default_max_concurrent()
 
 
@@ -142,7 +151,7 @@ def test_max_concurrent_zero_means_the_hosts_default() -> None:
 )
 def test_policies_come_from_the_config_file_not_the_environment(variable: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        config.from_env(config.Settings(), {variable: "host"})
+        config_sources.from_env(config.Settings(), {variable: "host"})
     assert str(caught.value) == (
         f"environment: {variable}: sandbox policies are set in the config file "
         "([policies.NAME] tables), not from the environment"
@@ -162,7 +171,7 @@ def test_the_test_suites_and_clients_variables_are_not_settings() -> None:
         "CBEXEC_PROTO_ROOT": "/srv/proto",  # the Node example client's
         "CBEXEC_ADDRESS": "127.0.0.1:50051",
     }
-    assert config.env_values({**suite, "CBEXEC_MAX_QUEUE": "4"}) == {"max_queue": "4"}
+    assert config_sources.env_values({**suite, "CBEXEC_MAX_QUEUE": "4"}) == {"max_queue": "4"}
     serve = build_parser().parse_args(["serve"])
     assert load_settings(serve, suite) == load_settings(serve, {})
     # The prefix is the suite's alone: no setting may take it.
@@ -228,7 +237,7 @@ def test_a_number_out_of_range_names_only_its_setting(
     variables: dict[str, str], message: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
-        config.validate(config.from_env(config.Settings(), variables))
+        config_checks.validate(config_sources.from_env(config.Settings(), variables))
     assert str(caught.value) == message
 
 
@@ -238,9 +247,12 @@ def test_triggers_max_bytes_is_4_gib_by_default_and_taken_from_a_file_or_the_env
     assert config.Settings().triggers_max_bytes == 4 << 30
     toml = tmp_path / "cbexec.toml"
     toml.write_text("triggers_max_bytes = 268435456\n")
-    assert config.validate(config.from_toml(config.Settings(), toml)).triggers_max_bytes == 1 << 28
-    settings = config.from_env(config.Settings(), {"CBEXEC_TRIGGERS_MAX_BYTES": "1048576"})
-    assert config.validate(settings).triggers_max_bytes == 1 << 20
+    assert (
+        config_checks.validate(config_sources.from_toml(config.Settings(), toml)).triggers_max_bytes
+        == 1 << 28
+    )
+    settings = config_sources.from_env(config.Settings(), {"CBEXEC_TRIGGERS_MAX_BYTES": "1048576"})
+    assert config_checks.validate(settings).triggers_max_bytes == 1 << 20
 
 
 def test_callback_log_total_max_bytes_is_a_gib_by_default_and_taken_from_a_file_or_the_environment(
@@ -250,21 +262,21 @@ def test_callback_log_total_max_bytes_is_a_gib_by_default_and_taken_from_a_file_
     assert config.Settings().callback_log_total_max_bytes == 1 << 30
     toml = tmp_path / "cbexec.toml"
     toml.write_text("callback_log_total_max_bytes = 268435456\n")
-    settings = config.validate(config.from_toml(config.Settings(), toml))
+    settings = config_checks.validate(config_sources.from_toml(config.Settings(), toml))
     assert settings.callback_log_total_max_bytes == 1 << 28
     assert "callback_log_total_max_bytes = 268435456" in config.describe(settings)
-    settings = config.from_env(
+    settings = config_sources.from_env(
         config.Settings(), {"CBEXEC_CALLBACK_LOG_TOTAL_MAX_BYTES": "1048576"}
     )
-    assert config.validate(settings).callback_log_total_max_bytes == 1 << 20
+    assert config_checks.validate(settings).callback_log_total_max_bytes == 1 << 20
     toml.write_text("callback_log_total_max_bytes = 0\n")
     with pytest.raises(
         ConfigError, match=r"^callback_log_total_max_bytes: must be at least 1048576"
     ):
-        config.validate(config.from_toml(config.Settings(), toml))
+        config_checks.validate(config_sources.from_toml(config.Settings(), toml))
     toml.write_text('callback_log_total_max_bytes = "1GiB"\n')
     with pytest.raises(ConfigError, match="callback_log_total_max_bytes: expected a whole number"):
-        config.from_toml(config.Settings(), toml)
+        config_sources.from_toml(config.Settings(), toml)
 
 
 def test_history_max_bytes_is_a_gib_by_default_and_taken_from_a_file_or_the_environment(
@@ -273,15 +285,18 @@ def test_history_max_bytes_is_a_gib_by_default_and_taken_from_a_file_or_the_envi
     assert config.Settings().history_max_bytes == 1 << 30
     toml = tmp_path / "cbexec.toml"
     toml.write_text("history_max_bytes = 268435456\n")
-    assert config.validate(config.from_toml(config.Settings(), toml)).history_max_bytes == 1 << 28
-    settings = config.from_env(config.Settings(), {"CBEXEC_HISTORY_MAX_BYTES": "1048576"})
-    assert config.validate(settings).history_max_bytes == 1 << 20
+    assert (
+        config_checks.validate(config_sources.from_toml(config.Settings(), toml)).history_max_bytes
+        == 1 << 28
+    )
+    settings = config_sources.from_env(config.Settings(), {"CBEXEC_HISTORY_MAX_BYTES": "1048576"})
+    assert config_checks.validate(settings).history_max_bytes == 1 << 20
     toml.write_text("history_max_bytes = 0\n")
     with pytest.raises(ConfigError, match=r"^history_max_bytes: must be at least 1048576"):
-        config.validate(config.from_toml(config.Settings(), toml))
+        config_checks.validate(config_sources.from_toml(config.Settings(), toml))
     toml.write_text('history_max_bytes = "1GiB"\n')
     with pytest.raises(ConfigError, match="history_max_bytes: expected a whole number"):
-        config.from_toml(config.Settings(), toml)
+        config_sources.from_toml(config.Settings(), toml)
 
 
 def test_describe_prints_toml_spelling_and_hides_secrets() -> None:
@@ -329,7 +344,7 @@ def test_describe_never_prints_a_store_password(store: str) -> None:
 def test_a_malformed_store_url_is_refused_without_its_password(url: str, reason: str) -> None:
     pytest.importorskip("psycopg")
     with pytest.raises(ConfigError) as caught:
-        config.validate(config.Settings(store=url))
+        config_checks.validate(config.Settings(store=url))
     said = str(caught.value)
     assert said.startswith("store: not a valid PostgreSQL URL: ") and reason in said
     assert "hunter2" not in said
@@ -340,19 +355,21 @@ def test_a_malformed_store_url_is_refused_without_its_password(url: str, reason:
 )
 def test_an_unknown_log_level_is_a_config_error(variables: dict[str, str]) -> None:
     with pytest.raises(ConfigError) as caught:
-        config.validate(config.from_env(config.Settings(), variables))
+        config_checks.validate(config_sources.from_env(config.Settings(), variables))
     assert str(caught.value).startswith("log_level: expected DEBUG, INFO, WARNING, ERROR, CRITICAL")
 
 
 def test_a_log_level_is_taken_in_any_case() -> None:
-    config.validate(config.from_env(config.Settings(), {"CBEXEC_LOG_LEVEL": "debug"}))
+    config_checks.validate(
+        config_sources.from_env(config.Settings(), {"CBEXEC_LOG_LEVEL": "debug"})
+    )
 
 
 def test_fractional_seconds_limits_are_kept_alike_from_the_file_and_the_environment() -> None:
-    from_file = config.apply(
+    from_file = config_sources.apply(
         config.Settings(), {"default_limits": {"wall_seconds": 1.5, "cpu_seconds": 2.9}}, "f"
     )
-    from_env = config.from_env(
+    from_env = config_sources.from_env(
         config.Settings(),
         {
             "CBEXEC_DEFAULT_LIMITS__WALL_SECONDS": "1.5",
@@ -361,10 +378,10 @@ def test_fractional_seconds_limits_are_kept_alike_from_the_file_and_the_environm
     )
     for settings in (from_file, from_env):
         # cpu_seconds is rounded up where it becomes RLIMIT_CPU (sandbox/limits.py).
-        assert config.validate(settings).default_limits.wall_seconds == 1.5
+        assert config_checks.validate(settings).default_limits.wall_seconds == 1.5
         assert settings.default_limits.cpu_seconds == 2.9
-    half = config.apply(config.Settings(), {"default_limits": {"wall_seconds": 0.5}}, "f")
-    assert config.validate(half).default_limits.wall_seconds == 0.5
+    half = config_sources.apply(config.Settings(), {"default_limits": {"wall_seconds": 0.5}}, "f")
+    assert config_checks.validate(half).default_limits.wall_seconds == 0.5
 
 
 @pytest.mark.parametrize(
@@ -378,13 +395,13 @@ def test_a_fraction_for_a_whole_number_is_refused_not_truncated(
     values: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        config.apply(config.Settings(), values, "f")
+        config_sources.apply(config.Settings(), values, "f")
 
 
 def _refusal(tmp_path: Path, **values: object) -> str:
-    settings = config.apply(config.Settings(data_dir=tmp_path / "data"), values, "f")
+    settings = config_sources.apply(config.Settings(data_dir=tmp_path / "data"), values, "f")
     with pytest.raises(ConfigError) as caught:
-        config.validate(settings)
+        config_checks.validate(settings)
     return str(caught.value)
 
 
@@ -462,10 +479,11 @@ def test_nan_and_infinity_are_refused_for_every_float_setting(spelling: str) -> 
     # Were taken: a NaN default wall limit made every Execute INTERNAL, an infinite
     # supervisor timeout every supervisor call DEADLINE_EXCEEDED.
     environ = {
-        config.ENV_PREFIX + name.upper().replace(".", "__"): spelling for name in _float_settings()
+        config_sources.ENV_PREFIX + name.upper().replace(".", "__"): spelling
+        for name in _float_settings()
     }
     with pytest.raises(ConfigError) as caught:
-        config.from_env(config.Settings(), environ)
+        config_sources.from_env(config.Settings(), environ)
     value = float(spelling)
     assert str(caught.value).splitlines() == [
         f"environment: {name}: must be a finite number, got {value}" for name in _float_settings()
@@ -476,7 +494,7 @@ def test_nan_from_a_toml_file_is_refused(tmp_path: Path) -> None:
     toml = tmp_path / "cbexec.toml"
     toml.write_text("grace_seconds = nan\n[default_limits]\nwall_seconds = inf\n")
     with pytest.raises(ConfigError) as caught:
-        config.from_toml(config.Settings(), toml)
+        config_sources.from_toml(config.Settings(), toml)
     assert str(caught.value).splitlines() == [
         f"{toml}: grace_seconds: must be a finite number, got nan",
         f"{toml}: default_limits.wall_seconds: must be a finite number, got inf",
@@ -522,7 +540,7 @@ def test_absurdly_large_values_that_broke_the_service_are_refused(
 
 
 def test_the_largest_values_taken_are_the_bounds() -> None:
-    settings = config.apply(
+    settings = config_sources.apply(
         config.Settings(),
         {
             "supervisor_timeout_seconds": 3600,
@@ -539,14 +557,14 @@ def test_the_largest_values_taken_are_the_bounds() -> None:
         },
         "f",
     )
-    config.validate(settings)
+    config_checks.validate(settings)
 
 
 @pytest.mark.parametrize("name", ["history_max_runs", "trigger_journal_entries", "max_queue"])
 def test_a_whole_number_beyond_64_bits_is_refused(name: str) -> None:
     # trigger_journal_entries = 2**64 failed every journal write (SQLite's OFFSET).
     with pytest.raises(ConfigError) as caught:
-        config.apply(config.Settings(), {name: 1 << 64}, "f")
+        config_sources.apply(config.Settings(), {name: 1 << 64}, "f")
     assert str(caught.value) == (
         f"f: {name}: expected a whole number of 64 bits (at most 9223372036854775807), "
         f"got {1 << 64}"
@@ -562,7 +580,7 @@ def test_supervisor_takes_host_port_or_a_grpc_target() -> None:
         "dns:///sup:50052",
         "dns://10.0.0.53/sup:50052",
     ):
-        config.validate(config.Settings(supervisor=address))
+        config_checks.validate(config.Settings(supervisor=address))
 
 
 @pytest.mark.parametrize(
@@ -590,7 +608,7 @@ def test_supervisor_takes_host_port_or_a_grpc_target() -> None:
 )
 def test_a_supervisor_address_grpc_could_never_reach_is_refused(address: str, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        config.validate(config.Settings(supervisor=address))
+        config_checks.validate(config.Settings(supervisor=address))
     assert str(caught.value) == message
 
 
@@ -608,33 +626,37 @@ def test_a_universal_callback_path_entry_without_a_directory_is_refused(
     path: str, message: str
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
-        config.validate(config.Settings(universal_callback_path=path))
+        config_checks.validate(config.Settings(universal_callback_path=path))
 
 
 def test_a_stray_comma_in_universal_callback_path_is_skipped() -> None:
-    settings = config.validate(config.Settings(universal_callback_path="/a,, /b [policy=x],"))
+    settings = config_checks.validate(
+        config.Settings(universal_callback_path="/a,, /b [policy=x],")
+    )
     assert settings.universal_callback_policies == {Path("/a"): "", Path("/b"): "x"}
 
 
 def test_an_unclosed_policy_bracket_in_universal_callback_path_is_refused() -> None:
     settings = config.Settings(universal_callback_path="/dir [policy=admin")
     with pytest.raises(ConfigError, match=r"universal_callback_path: '/dir \[policy=admin'"):
-        config.validate(settings)
+        config_checks.validate(settings)
     closed = config.Settings(universal_callback_path="/dir [policy=admin]")
-    assert config.validate(closed).universal_callback_policies == {Path("/dir"): "admin"}
+    assert config_checks.validate(closed).universal_callback_policies == {Path("/dir"): "admin"}
 
 
 def test_every_problem_of_the_settings_is_named_not_only_the_first() -> None:
     settings = config.Settings(network="maybe", max_queue=-1, store_lease_seconds=0)
     with pytest.raises(ConfigError) as caught:
-        config.validate(settings)
+        config_checks.validate(settings)
     assert str(caught.value).splitlines() == [
         "max_queue: must be 0 or more, got -1",
         "network: expected auto, none or host, got 'maybe'",
         "store_lease_seconds: must be at least 1",
     ]
     with pytest.raises(ConfigError) as caught:
-        config.apply(config.Settings(), {"max_queue": "x", "bogus": 1, "grace_seconds": "y"}, "f")
+        config_sources.apply(
+            config.Settings(), {"max_queue": "x", "bogus": 1, "grace_seconds": "y"}, "f"
+        )
     assert [line.split(":")[:2] for line in str(caught.value).splitlines()] == [
         ["f", " max_queue"],
         ["f", " unknown setting 'bogus'"],
@@ -654,7 +676,7 @@ def test_every_bad_setting_is_named_a_line_each(tmp_path: Path) -> None:
     toml = tmp_path / "cbexec.toml"
     toml.write_text(SIX_BAD_SETTINGS)
     with pytest.raises(ConfigError) as caught:
-        config.validate(config.from_toml(config.Settings(), toml))
+        config_checks.validate(config_sources.from_toml(config.Settings(), toml))
     named = sorted(line.split(":")[0] for line in str(caught.value).splitlines())
     assert named == [
         "callback_log_max_bytes",
@@ -672,7 +694,7 @@ def test_every_bad_mail_setting_is_named_a_line_each(tmp_path: Path) -> None:
     toml = tmp_path / "c.toml"
     toml.write_text('[mail]\ndelivery = "pigeon"\nsmtp_port = 0\nsmtp_timeout_seconds = 0\n')
     with pytest.raises(ConfigError) as caught:
-        config.layered(toml, {}, {})
+        config_sources.layered(toml, {}, {})
     assert str(caught.value).splitlines() == [
         f"{toml}: mail.delivery: expected file or smtp, got 'pigeon'",
         f"{toml}: mail.smtp_port: expected 1-65535, got 0",
@@ -688,7 +710,7 @@ def test_a_mail_sender_domain_or_host_that_cannot_work_is_named(tmp_path: Path) 
         'default_domain = "farm example>"\nsmtp_host = ""\n'
     )
     with pytest.raises(ConfigError) as caught:
-        config.layered(toml, {}, {})
+        config_sources.layered(toml, {}, {})
     assert str(caught.value).splitlines() == [
         f"{toml}: mail.sender: holds a control character; expected one address such as "
         "qube@farm.example, got 'qube@farm.example\\r\\nBcc: evil@x'",
@@ -698,14 +720,14 @@ def test_a_mail_sender_domain_or_host_that_cannot_work_is_named(tmp_path: Path) 
     ]
     toml.write_text('[mail]\nsender = "a@farm.example, evil@elsewhere.example"\n')
     with pytest.raises(ConfigError, match=r"mail\.sender: expected one address"):
-        config.layered(toml, {}, {})
+        config_sources.layered(toml, {}, {})
     # An address with a display name is one sender.
     toml.write_text('[mail]\nsender = "Render Farm <qube@farm.example>"\n')
-    assert config.layered(toml, {}, {}).mail.sender == "Render Farm <qube@farm.example>"
+    assert config_sources.layered(toml, {}, {}).mail.sender == "Render Farm <qube@farm.example>"
 
 
 def test_every_bad_limit_is_named_once() -> None:
-    settings = config.apply(
+    settings = config_sources.apply(
         config.Settings(),
         {
             "default_limits": {"cpu_seconds": -1, "wall_seconds": 2e9},
@@ -714,7 +736,7 @@ def test_every_bad_limit_is_named_once() -> None:
         "t",
     )
     with pytest.raises(ConfigError) as caught:
-        config.validate(settings)
+        config_checks.validate(settings)
     assert str(caught.value).splitlines() == [
         "default_limits.cpu_seconds: must be positive",
         "default_limits.wall_seconds: must be at most 1000000000, got 2000000000",
@@ -758,13 +780,15 @@ def test_a_setting_getmetrics_carries_in_32_bits_is_bounded_at_load(
     variables: dict[str, str], message: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
-        config.validate(config.from_env(config.Settings(), variables))
+        config_checks.validate(config_sources.from_env(config.Settings(), variables))
     assert str(caught.value) == message
 
 
 def test_the_largest_max_queue_and_max_concurrent_fit_getmetrics() -> None:
-    largest = config.validate(
-        config.Settings(max_queue=config.MAX_QUEUE, max_concurrent=config.MAX_CONCURRENT)
+    largest = config_checks.validate(
+        config.Settings(
+            max_queue=config_checks.MAX_QUEUE, max_concurrent=config_checks.MAX_CONCURRENT
+        )
     )
     # What convert_status.metrics_message fills from them: protobuf refuses a value past
     # its field's width (ValueError), which failed every GetMetrics.
@@ -792,7 +816,7 @@ def test_numeric_language_flags_refuse_bits_that_are_no_language(
     flags: int | str, message: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
-        config.validate(config.apply(config.Settings(), {"languages": flags}, "t"))
+        config_checks.validate(config_sources.apply(config.Settings(), {"languages": flags}, "t"))
     assert str(caught.value).startswith(message)
     assert str(caught.value).endswith("qube 1, perl 2, python 4, mail 16")
 
@@ -800,7 +824,7 @@ def test_numeric_language_flags_refuse_bits_that_are_no_language(
 def test_qubes_default_language_flags_name_each_bit_that_is_no_language() -> None:
     # qb.conf's default: qube, post, mail, dependency, auto_wrangling.
     with pytest.raises(ConfigError, match=re.escape("8 (Qube's post), 32 (Qube's dependency)")):
-        config.parse_languages(1 + 8 + 16 + 32 + 64)
+        config_values.parse_languages(1 + 8 + 16 + 32 + 64)
 
 
 @pytest.mark.parametrize(
@@ -818,7 +842,7 @@ def test_qubes_default_language_flags_name_each_bit_that_is_no_language() -> Non
 )
 def test_languages_of_another_toml_type_are_refused_by_name(value: object, message: str) -> None:
     with pytest.raises(ConfigError) as caught:
-        config.parse_languages(value)
+        config_values.parse_languages(value)
     assert str(caught.value).startswith(message)
 
 
@@ -893,20 +917,20 @@ def test_a_toml_value_of_the_wrong_type_is_refused_never_coerced(
     values: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
-        config.apply(config.Settings(), values, "t")
+        config_sources.apply(config.Settings(), values, "t")
     assert str(caught.value) == message
 
 
 def test_the_environment_spells_booleans_as_words() -> None:
     words = {"CBEXEC_REPORT_RESULTS": "no", "CBEXEC_STRICT": "yes", "CBEXEC_PREPARE_AHEAD": "0"}
-    settings = config.from_env(config.Settings(), words)
+    settings = config_sources.from_env(config.Settings(), words)
     assert (settings.report_results, settings.strict, settings.prepare_ahead) == (
         False,
         True,
         False,
     )
     with pytest.raises(ConfigError) as caught:
-        config.from_env(config.Settings(), {"CBEXEC_STRICT": "maybe"})
+        config_sources.from_env(config.Settings(), {"CBEXEC_STRICT": "maybe"})
     assert str(caught.value) == (
         "environment: strict: expected true or false (or 1/0, yes/no, on/off), got 'maybe'"
     )
@@ -919,7 +943,9 @@ def test_a_value_of_the_wrong_type_does_not_stop_the_checks_of_the_others(tmp_pa
         'report_results = "yes"\n[default_limits]\nwall_seconds = "x"\n[max_limits]\nwall_seconds = 10\n'
     )
     with pytest.raises(ConfigError) as caught:
-        config.layered(toml, {"CBEXEC_GRACE_SECONDS": "soon", "CBEXEC_LOG_FORMAT": "xml"}, {})
+        config_sources.layered(
+            toml, {"CBEXEC_GRACE_SECONDS": "soon", "CBEXEC_LOG_FORMAT": "xml"}, {}
+        )
     assert str(caught.value).splitlines() == [
         # The values of the wrong type first, each source's in order...
         f"{toml}: max_concurrent: expected a whole number, got 'four'",
@@ -938,7 +964,7 @@ def test_a_later_source_that_gives_a_refused_setting_right_has_it_checked(tmp_pa
     toml = tmp_path / "cbexec.toml"
     toml.write_text('max_queue = "x"\n')
     with pytest.raises(ConfigError) as caught:
-        config.layered(toml, {"CBEXEC_MAX_QUEUE": "-1"}, {})
+        config_sources.layered(toml, {"CBEXEC_MAX_QUEUE": "-1"}, {})
     assert str(caught.value).splitlines() == [
         f"{toml}: max_queue: expected a whole number, got 'x'",
         "max_queue: must be 0 or more, got -1",
@@ -953,11 +979,11 @@ def test_an_empty_data_dir_means_the_default_not_the_working_directory(
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "share"))
     default = tmp_path / "share" / "cbexec"
     assert config.Settings().data_dir == default
-    assert config.from_env(config.Settings(), {"CBEXEC_DATA_DIR": ""}).data_dir == default
+    assert config_sources.from_env(config.Settings(), {"CBEXEC_DATA_DIR": ""}).data_dir == default
     toml = tmp_path / "cbexec.toml"
     toml.write_text('data_dir = ""\n')
-    assert config.from_toml(config.Settings(), toml).data_dir == default
-    assert config.layered(toml, {}, {"data_dir": ""}).data_dir == default
+    assert config_sources.from_toml(config.Settings(), toml).data_dir == default
+    assert config_sources.layered(toml, {}, {"data_dir": ""}).data_dir == default
 
 
 def test_an_empty_data_dir_flag_means_the_default(
@@ -973,7 +999,7 @@ def test_an_empty_data_dir_flag_means_the_default(
 def test_the_event_ids_kept_are_bounded_by_count_by_default() -> None:
     # Age alone let a callback's work verbs keep ~25 GB of ids an hour (probe 75).
     assert config.Settings().event_id_max_count == 10_000_000
-    assert config.from_env(config.Settings(), {"CBEXEC_EVENT_ID_MAX_COUNT": "200000"}) == (
+    assert config_sources.from_env(config.Settings(), {"CBEXEC_EVENT_ID_MAX_COUNT": "200000"}) == (
         config.Settings(event_id_max_count=200_000)
     )
 
@@ -991,7 +1017,7 @@ def test_a_config_file_that_is_not_utf8_is_refused_in_one_line_naming_it(
     toml = tmp_path / "cbexec.toml"
     toml.write_bytes(b'# caf\xe9 farm\nbind = "127.0.0.1:50051"\n')
     with pytest.raises(ConfigError) as caught:
-        config.from_toml(config.Settings(), toml)
+        config_sources.from_toml(config.Settings(), toml)
     expected = (
         f"config file {toml} is not UTF-8 text (TOML is): byte 0xe9 at line 1, column 6;"
         " save it as UTF-8"
@@ -1006,20 +1032,20 @@ def test_an_ipv6_bind_without_brackets_is_refused_with_the_clients_hint(name: st
     # gRPC cannot listen on '::1:50051' (a name it cannot look up); the clients say why.
     for bad in ("::1:50051", "fe80::1:9000", "[::1:9000", "::1]:9000"):
         with pytest.raises(ConfigError, match=f"{name}: address '.*'.*brackets, \\[IPv6\\]:PORT"):
-            config.validate(config.Settings().replace(**{name: bad}))
-    assert getattr(config.validate(config.Settings().replace(**{name: "[::1]:9000"})), name)
+            config_checks.validate(config.Settings().replace(**{name: bad}))
+    assert getattr(config_checks.validate(config.Settings().replace(**{name: "[::1]:9000"})), name)
 
 
 def test_a_config_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     # Notepad saves UTF-8 with one: it was "Invalid statement (at line 1, column 1)" (probe 107).
     toml = tmp_path / "cbexec.toml"
     toml.write_bytes(b'\xef\xbb\xbfbind = "127.0.0.1:6000"\nmax_concurrent = 3\n')
-    settings = config.from_toml(config.Settings(), toml)
+    settings = config_sources.from_toml(config.Settings(), toml)
     assert (settings.bind, settings.max_concurrent) == ("127.0.0.1:6000", 3)
     # Only a leading one: elsewhere U+FEFF is a character TOML refuses where it stands.
     toml.write_bytes(b'bind = "127.0.0.1:6000"\n\xef\xbb\xbfmax_concurrent = 3\n')
     with pytest.raises(ConfigError, match="at line 2, column 1"):
-        config.from_toml(config.Settings(), toml)
+        config_sources.from_toml(config.Settings(), toml)
 
 
 @pytest.mark.parametrize("name", ["bind", "http_bind"])
@@ -1028,8 +1054,10 @@ def test_an_ipv4_bind_of_fewer_than_four_parts_is_refused(name: str) -> None:
     # resolver then refused to listen (probe 112).
     for bad in ("127.1:50051", "10.1.2:50051", "2130706433:50051", "1.2.3.4.5:50051"):
         with pytest.raises(ConfigError, match=f"{name}: address .*: .* is not an IPv4 address"):
-            config.validate(config.Settings().replace(**{name: bad}))
-    assert getattr(config.validate(config.Settings().replace(**{name: "127.0.0.2:9000"})), name)
+            config_checks.validate(config.Settings().replace(**{name: bad}))
+    assert getattr(
+        config_checks.validate(config.Settings().replace(**{name: "127.0.0.2:9000"})), name
+    )
 
 
 def test_an_ipv4_mapped_loopback_bind_is_no_open_port() -> None:
@@ -1041,10 +1069,10 @@ def test_an_ipv4_mapped_loopback_bind_is_no_open_port() -> None:
 def test_an_auth_token_too_long_for_grpc_metadata_is_refused_without_showing_it() -> None:
     # Past gRPC's 8 KiB of headers a random share of calls failed RESOURCE_EXHAUSTED; past
     # 16 KiB every one, and /healthz answered 503 (probe 115).
-    config.validate(config.Settings(auth_token="t" * 4096))
+    config_checks.validate(config.Settings(auth_token="t" * 4096))
     token = "s3cret" + "t" * 8094
     with pytest.raises(ConfigError, match=r"^auth_token: 8100 characters, more than 4096") as no:
-        config.validate(config.Settings(auth_token=token))
+        config_checks.validate(config.Settings(auth_token=token))
     assert "s3cret" not in str(no.value)
 
 
@@ -1058,12 +1086,14 @@ def test_an_empty_templates_dir_is_the_built_in_templates_not_the_working_direct
     (tmp_path / "job.mail").write_text("Subject: FROM THE WORKING DIRECTORY\n\nhello\n")
     toml = tmp_path / "cbexec.toml"
     toml.write_text(f'data_dir = "{tmp_path / "data"}"\n[mail]\ntemplates_dir = ""\n')
-    from_file = config.layered(toml, {}, {})
+    from_file = config_sources.layered(toml, {}, {})
     set_in_the_file = tmp_path / "set.toml"
     set_in_the_file.write_text(
         f'data_dir = "{tmp_path / "data"}"\n[mail]\ntemplates_dir = "/etc"\n'
     )
-    set_then_emptied = config.layered(set_in_the_file, {"CBEXEC_MAIL__TEMPLATES_DIR": ""}, {})
+    set_then_emptied = config_sources.layered(
+        set_in_the_file, {"CBEXEC_MAIL__TEMPLATES_DIR": ""}, {}
+    )
     for settings in (from_file, set_then_emptied):
         assert settings.mail_settings.templates_dir is None
         assert "mail.templates_dir = (unset)" in config.describe(settings)

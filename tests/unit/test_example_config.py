@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from executor import config
+from executor import config, config_checks, config_sources
 
 pytestmark = pytest.mark.unit
 
@@ -16,7 +16,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "scripts" / "cbexec.example.toml
 
 
 def test_example_config_loads_and_validates() -> None:
-    settings = config.validate(config.from_toml(config.Settings(), EXAMPLE))
+    settings = config_checks.validate(config_sources.from_toml(config.Settings(), EXAMPLE))
     assert settings.bind == "127.0.0.1:50051", "the sample keeps the loopback default"
     assert settings.data_dir == Path("/var/lib/cbexec")
     assert settings.default_limits == config.Settings().default_limits
@@ -26,7 +26,7 @@ def test_example_config_loads_and_validates() -> None:
 
 def test_example_config_shows_the_defaults() -> None:
     """Every value is the default, but data_dir (its comment says why)."""
-    example = config.validate(config.from_toml(config.Settings(), EXAMPLE))
+    example = config_checks.validate(config_sources.from_toml(config.Settings(), EXAMPLE))
     defaults = config.Settings()
     differ = [
         f.name

@@ -13,17 +13,13 @@ from typing import Any
 import pytest
 
 from executor import policies as policies_module
-from executor.config import Settings, validate
+from executor import policy_binds
+from executor.config import Settings
+from executor.config_checks import validate
 from executor.errors import ConfigError, NotFoundError, PermissionDeniedError
-from executor.policies import (
-    PolicySet,
-    _perl_inc,
-    bind_warnings,
-    canonical_verb,
-    for_host,
-    interpreter_paths,
-    resolve,
-)
+from executor.policies import PolicySet, canonical_verb, resolve
+from executor.policy_binds import _perl_inc, bind_warnings, interpreter_paths
+from executor.policy_host import for_host
 from executor.runtimes.child import CHILD_DIR, PerlRuntime
 from executor.sandbox.process import SandboxOptions
 from executor.triggers.universal import UniversalConfigError, load_universal
@@ -505,7 +501,7 @@ def test_a_target_elsewhere_passes_and_perl_is_asked_once(
         asked.append(perl)
         return ()
 
-    monkeypatch.setattr(policies_module, "_perl_inc", perl_inc)
+    monkeypatch.setattr(policy_binds, "_perl_inc", perl_inc)
     interpreter_paths.cache_clear()
     try:
         for_host(Settings(data_dir=tmp_path / "data"), HOST_NETWORK, {})
