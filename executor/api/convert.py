@@ -31,8 +31,8 @@ from executor.runs.history import RunRecord
 from executor.runs.outbox import DeadLetter
 from executor.sandbox.limits import merge
 from executor.triggers.decide import Fired
-from executor.triggers.engine import canonical_triggers, is_per_work
 from executor.triggers.nodes import GLOBAL_TYPES, EventName, EventType
+from executor.triggers.parsed import canonical_triggers, is_per_work
 from executor.triggers.store import LEVEL, StoredCallback
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 

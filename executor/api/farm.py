@@ -44,8 +44,8 @@ from executor.errors import (
     UnavailableError,
 )
 from executor.host_api import WorkSelection, plain_work_names
-from executor.triggers.engine import check_trigger
 from executor.triggers.label_claims import Claims, LabelClaims
+from executor.triggers.parsed import check_trigger
 from executor.triggers.registration import check_language
 from executor.triggers.store import StoredCallback
 from executor.triggers.store_space import Room

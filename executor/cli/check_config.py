@@ -33,7 +33,7 @@ from executor.sandbox.identity import UidClaim
 from executor.sandbox.tier import describe_sandbox, root_warnings, sandbox_options
 from executor.secret_files import open_to_others, with_other_links
 from executor.storage import check_database
-from executor.triggers.engine import check_trigger, kept_line_problem
+from executor.triggers.parsed import check_trigger
 from executor.triggers.universal import (
     CONF_NAME,
     LAST_GOOD_NAME,
@@ -41,6 +41,7 @@ from executor.triggers.universal import (
     load_last_good,
     load_universal,
 )
+from executor.triggers.universal_set import kept_line_problem
 
 
 def _data_dir(settings: config.Settings) -> str:

@@ -534,7 +534,7 @@ async def _run_one(args: argparse.Namespace, out: TextIO) -> int:
         try:
             if running.reference is None:  # never: the settings above embed the supervisor
                 raise ConfigError("--embedded: the executor started without its supervisor")
-            from executor.triggers.engine import check_trigger
+            from executor.triggers.parsed import check_trigger
             from executor.triggers.registration import check_language
             from supervisor_client.reference.errors import SubmitError
 

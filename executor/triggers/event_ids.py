@@ -201,7 +201,7 @@ DEFAULT_MAX_COUNT: Final = 10_000_000
 # Index entries PostgreSQL counts per statement to find the ids past the most kept:
 # ~0.1 s each (measured: 1M in 70-110 ms on the 2-core dev machine).
 _COUNT_STEP: Final = 1_000_000
-# How often the engine prunes (as it prunes the journal, engine._prune).
+# How often the engine prunes (as it prunes the journal, ``EventApplier._prune``).
 PRUNE_EVERY_S: Final = 60.0
 # Rows deleted per transaction: a few ms of the store's lock.
 PRUNE_BATCH: Final = 1_000

@@ -82,6 +82,7 @@ from executor.logs import outside_any_run
 from executor.model import Outcome, RunResult
 from executor.plurals import counted
 from executor.runs.outbox import Backoff
+from executor.sql import Db
 from executor.supervisor_link import SupervisorReachability
 from executor.triggers.store import PendingFiring, TriggerStore
 
@@ -582,3 +583,9 @@ class FiringWorker:
             logger=logger,
             failed=disconnected,
         )
+
+
+def own_queued(store: TriggerStore, db: Db, batch: str, firings: Sequence[PendingFiring]) -> None:
+    """In a fleet, claim what a transaction queued for this replica (it runs them)."""
+    if firings and store.fleet:
+        TriggerStore.own_batch(db, batch, store.owner, store.lease_until())

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from executor.sql import Db, Row
+from executor.triggers.evaluate import spent
 from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
+from executor.triggers.nodes import Expr, atoms, per_work
 
 if TYPE_CHECKING:
     from executor.triggers.store import StoredCallback
@@ -159,3 +161,10 @@ def all_spent(db: Db, rowid: int, job_id: int, maximum: int, size: int) -> bool:
         return False
     counts = {name: work.count for name, work in held(db, rowid, size).items()}
     return all(counts.get(name, 0) >= maximum for name in names)
+
+
+def callback_spent(db: Db, cb: StoredCallback, expr: Expr) -> bool:
+    """Whether a callback can fire no more (a ``{work}`` one: every item of its agenda)."""
+    if per_work(expr):
+        return all_spent(db, cb.rowid, cb.job_id, cb.maximum, len(atoms(expr)))
+    return spent(cb.count, cb.maximum)

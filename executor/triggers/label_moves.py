@@ -62,7 +62,7 @@ def release(
     ``before``: the job's place as its last registration left it (None: not registered).
     Called in the registration's transaction, after the job's own rows are locked; the
     other callbacks' rows are locked here in ascending order (a deadlock with an event
-    that holds one is lost by one of them and run again, ``engine._retrying``).
+    that holds one is lost by one of them and run again, ``conflicts.retrying``).
     """
     job_id = place.job_id
     removed_at = removals.take(db, job_id) if first_time else None

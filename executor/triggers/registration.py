@@ -1,6 +1,6 @@
 """Registering a job: its callbacks as the engine stores them, their checks, level mode's start.
 
-The engine's ``register_job`` runs these in order: ``callback_specs`` (the job's own
+The engine's ``register_job`` (registrar.py) runs these in order: ``callback_specs`` (the job's own
 callbacks, then the universal ones; a trigger that does not parse or a mode that is
 neither edge nor level refuses the registration), ``surroundings`` and the checks
 (checks.py) before anything is written. Then, in the registration's transaction: the

@@ -293,7 +293,7 @@ async def test_timers_meeting_a_locked_trigger_store_wait_for_the_probe_not_the_
             return len(runs.runs)
 
         assert await eventually(lambda: _at_least(ticks, 1), timeout_s=10)
-        with caplog.at_level(logging.WARNING, logger="executor.triggers.engine"):
+        with caplog.at_level(logging.WARNING, logger="executor.triggers.timers"):
             with locked(settings.data_dir / "triggers.db"):
                 await asyncio.sleep(4.5)  # four ticks due meanwhile
             tries = [r for r in caplog.records if r.getMessage().startswith("timers: ")]

@@ -34,7 +34,7 @@ FIRST, SECOND = 1101, 1102
 
 def ran_by(engine: TriggerEngine) -> Recorder:
     """The stand-in runner the ``engines`` fixture gave the engine."""
-    run = engine._run
+    run = engine._fired._run
     assert isinstance(run, Recorder)
     return run
 

@@ -16,7 +16,7 @@ from typing import Final
 
 import pytest
 
-from executor.triggers.engine import FLEET_POLL_S
+from executor.triggers.timers import FLEET_POLL_S
 from supervisor_client import ExecutorClient
 from tests.fleet.harness import fleet
 from tests.helpers.waiting import eventually

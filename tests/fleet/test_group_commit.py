@@ -92,14 +92,14 @@ async def test_concurrent_publishes_share_transactions_and_are_answered_once_com
 async def test_an_event_that_fails_fails_only_its_own_call(
     engine: TriggerEngine, either_store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    decide = engine._decide
+    decide = engine._events.decide
 
     def failing(db: Any, event: Event, batch: str, **kwargs: Any) -> Any:
         if event.work_name == "13":
             raise ValueError("this event cannot be applied")
         return decide(db, event, batch, **kwargs)
 
-    monkeypatch.setattr(engine, "_decide", failing)
+    monkeypatch.setattr(engine._events, "decide", failing)
     answers = await asyncio.gather(
         *(engine.publish(running(n), wait=False) for n in range(ITEMS)), return_exceptions=True
     )

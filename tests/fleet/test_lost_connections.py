@@ -18,7 +18,7 @@ import pytest
 
 from executor import sql
 from executor.sql import Db, PgDb, StoreUnavailable, connect_postgres
-from executor.triggers import engine as engine_module
+from executor.triggers import applying
 from tests.helpers.pg_relay import HoldingRelay
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.registered_job import registered_job
@@ -94,7 +94,7 @@ def test_a_backend_ended_as_a_pipeline_syncs_is_unavailable_then_connected_again
 def cut_before_the_group_commits(
     pg_url: str, relay: HoldingRelay, pid: int
 ) -> Callable[[Db], AbstractContextManager[None]]:
-    """``engine.pipelined`` ending backend ``pid`` at the end of the first group's pipeline."""
+    """``applying.pipelined`` ending backend ``pid`` at the end of the first group's pipeline."""
     real = sql.pipelined
     armed = [True]
 
@@ -115,9 +115,7 @@ async def test_publish_event_is_unavailable_when_its_backend_ends_and_applied_wh
     async with registered_job(relay.url(pg_url), 61) as registered:
         with registered.store.transaction() as db:
             pid = backend_pid(db)  # the connection the groups' transactions run on
-        monkeypatch.setattr(
-            engine_module, "pipelined", cut_before_the_group_commits(pg_url, relay, pid)
-        )
+        monkeypatch.setattr(applying, "pipelined", cut_before_the_group_commits(pg_url, relay, pid))
         request = registered.running_event("cut-61")
         await registered.refused(request)
         await registered.applied_once_when_resent(request)

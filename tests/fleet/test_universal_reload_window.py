@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from executor.model import Event
-from executor.triggers import engine as engine_module
+from executor.triggers import timers
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
 from tests.helpers.trigger_engines import LIMITS, Recorder, engines_made, job
@@ -41,7 +41,7 @@ async def replicas(
 
     Neither polls the version row while the test runs: the test is the moment before.
     """
-    monkeypatch.setattr(engine_module, "FLEET_POLL_S", 3600.0)
+    monkeypatch.setattr(timers, "FLEET_POLL_S", 3600.0)
     # Each replica's <data_dir>/callback: the same directory name, as a fleet's lines need.
     here, there = directory(tmp_path / "r1" / "callback"), directory(tmp_path / "r3" / "callback")
     recorder = Recorder()

@@ -20,7 +20,7 @@ from executor import server
 from executor.errors import ConfigError
 from executor.model import Language
 from executor.runtimes.check import check_source
-from executor.triggers.engine import check_trigger
+from executor.triggers.parsed import check_trigger
 from executor.triggers.universal import UniversalConfigError, load_universal
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings

@@ -90,7 +90,7 @@ async def test_calls_are_answered_while_a_big_job_registers(
     engine.register_job(job(6, ("running-job-self", "unblock-self")))
     hold = Hold(registration.callback_specs)
     # Inside the registration, before its transaction.
-    monkeypatch.setattr("executor.triggers.engine.callback_specs", hold)
+    monkeypatch.setattr("executor.triggers.registrar.callback_specs", hold)
 
     callback = types_pb2.Callback(triggers="complete-job-self", language="qube", code="x")
     request = executor_pb2.RegisterJobRequest(job=types_pb2.Job(id=5, callbacks=[callback]))

@@ -10,8 +10,8 @@ import pytest
 from executor.errors import InvalidRequestError
 from executor.runtimes.check import check_source
 from executor.triggers.checks import CheckKind, Surroundings, job_checks, trigger_checks
-from executor.triggers.engine import check_trigger, trigger_warnings
 from executor.triggers.evaluate import JobPlace
+from executor.triggers.parsed import check_trigger, trigger_warnings
 from executor.triggers.parser import parse
 from executor.triggers.universal import UniversalConfigError, load_universal
 from tests.helpers.trigger_engines import Engines, Recorder, engine_at

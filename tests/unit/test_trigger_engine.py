@@ -12,8 +12,9 @@ import pytest
 
 from executor.errors import CapacityError, InvalidRequestError, NotFoundError, UnavailableError
 from executor.model import Event, Outcome
-from executor.triggers.engine import TriggerEngine, check_trigger
+from executor.triggers.engine import TriggerEngine
 from executor.triggers.journal import EntryKind
+from executor.triggers.parsed import check_trigger
 from executor.triggers.universal import (
     LAST_GOOD_NAME,
     UniversalCallback,
@@ -785,7 +786,7 @@ def test_a_time_atom_of_another_context_is_refused_at_registration(tmp_path: Pat
 async def test_a_repeat_tick_while_its_last_firing_is_unfinished_is_skipped(
     engines: Engines, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="executor.triggers.engine")
+    caplog.set_level(logging.INFO, logger="executor.triggers.timers")
     recorder = Recorder()
     now = [1_800_000_000.0]
     engine = engines(recorder, start=False, clock=lambda: now[0])
