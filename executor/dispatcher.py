@@ -19,7 +19,8 @@ the queue may take the place of the newest of the user holding most, which is re
 as at the door; a fired run is never refused for a full queue nor gives up its place,
 it waits for a slot like the rest (so the queue may hold more than ``max_queue`` runs
 when fired ones are among them). Both are refused while draining, and while no run may
-start (``refusal``: the outbox past its bound), which is checked at the door and again
+start (``refusal``: the outbox past its bound, every slot kept by a killed process that
+has not ended), which is checked at the door and again
 when a queued run gets its slot (probe 136: checked at the door only, every run queued
 when the bound was passed started all the same).
 
@@ -240,7 +241,8 @@ class Dispatcher:
         self._behind = behind
         # Slots kept for the bookkeeping now (logged as the first is kept and the last freed).
         self._kept_for_bookkeeping = 0
-        # Why no run may start now ("": one may): the outbox past outbox_max_bytes.
+        # Why no run may start now ("": one may): the outbox past outbox_max_bytes, a
+        # database lost, every slot kept by a killed process that has not ended.
         self._refusal = refusal
         # Why a run's limits cannot be enforced on this host (None: they can).
         self._unenforceable = unenforceable

@@ -65,10 +65,11 @@ from executor.runtimes import mail_queue
 from executor.runtimes.check import check_source
 from executor.runtimes.mail import login_warnings as mail_login_warnings
 from executor.runtimes.qube import QubeInterpreter
-from executor.sandbox import host_limits
+from executor.sandbox import host_limits, stuck_slots
 from executor.sandbox.identity import UidClaim
 from executor.sandbox.process import SandboxOptions, SandboxRunner
 from executor.sandbox.spawners import ColdSpawner, Spawner, ZygoteSpawner
+from executor.sandbox.stuck_slots import StuckSlots
 from executor.sandbox.tier import describe_sandbox, mechanisms, root_warnings, sandbox_options
 from executor.secret_files import open_to_others, with_other_links
 from executor.sql import is_postgres
@@ -148,17 +149,23 @@ def _release_unless_mailing(lock: DataDirLock, qube: QubeInterpreter) -> None:
     lock.release()
 
 
-def _run_refusal(storage: StorageHealth, outbox: Outbox | None) -> Callable[[], str]:
+def _run_refusal(
+    storage: StorageHealth, outbox: Outbox | None, stuck: StuckSlots
+) -> Callable[[], str]:
     """Why no run may start now, "" when one may: the dispatcher asks at the door and at its slot.
 
     A database lost under the executor (``StorageHealth.lost``): a fired run's result
     would go into a file nothing reads again; fired runs wait in their queue (until the
-    restart) as Execute calls are refused. Else the outbox past its bound.
+    restart) as Execute calls are refused. Then every slot kept by a killed process that
+    has not ended: an Execute would wait for one until its deadline. Else the outbox
+    past its bound.
     """
 
     def refusal() -> str:
         if storage.lost:
             return runs_nothing(storage.lost)
+        if stuck.problem:
+            return stuck_slots.refusal(stuck.problem)
         return outbox.refusal() if outbox is not None else ""
 
     return refusal
@@ -255,7 +262,9 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
 
         spawner = _spawner(settings, options)
         stack.push_async_callback(spawner.close)
-        runner = SandboxRunner(options, spawner, prepare_ahead=settings.prepare_ahead)
+        # Every slot kept by a killed process that has not ended: health NOT_SERVING (edge).
+        stuck = StuckSlots(settings.max_concurrent)
+        runner = SandboxRunner(options, spawner, prepare_ahead=settings.prepare_ahead, stuck=stuck)
         dispatcher = Dispatcher(
             runner=runner,
             supervisor=GrpcSupervisor(
@@ -268,7 +277,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             max_queue_bytes=settings.max_queue_bytes,
             on_result=recorder.on_result,
             policies=policies,
-            refusal=_run_refusal(storage_health, recorder.outbox),
+            refusal=_run_refusal(storage_health, recorder.outbox, stuck),
             unenforceable=functools.partial(
                 host_limits.refusal, nproc=options.caps_processes_with_nproc
             ),
@@ -318,6 +327,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 engine,
                 trigger_store,
                 storage_health,
+                stuck,
                 qube,
                 embedded,
             ).read
@@ -386,7 +396,8 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         # SQLite, for as long as the disk stays full); not recorded, it runs at the next start.
         stack.callback(recorder.stop_waiting)
         await edge.set_serving(True)
-        edge.follow(storage_health)
+        edge.follow(storage_health, "storage")
+        edge.follow(stuck, "slots")
         stack.push_async_callback(
             _stop_tasks, [asyncio.create_task(storage_health.probe_forever())]
         )
@@ -497,6 +508,7 @@ def _reading_sources(
     engine: TriggerEngine,
     store: TriggerStore,
     storage: StorageHealth,
+    stuck: StuckSlots,
     qube: QubeInterpreter,
     embedded: api_embedded.EmbeddedSupervisor | None,
 ) -> ReadingSources:
@@ -518,6 +530,7 @@ def _reading_sources(
         else lambda: (0, 0),
         outbox_last_error=outbox.last_error if outbox is not None else lambda: "",
         firings_held=lambda: engine.firings_held,
+        slots_kept_by_killed=lambda: (stuck.count, stuck.problem),
         # The outbox past outbox_max_bytes is said here too: it stops every run as well;
         # and the jobs whose events wait for triggers.db's room: their callbacks never fire.
         storage_problem=lambda: (

@@ -419,8 +419,9 @@ class ExecutorClient(ChannelClient):
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The standard health service's answer for ``service`` ("" = the whole executor).
 
-        "SERVING", or "NOT_SERVING" while the storage cannot record results and from the
-        start of a stop. Raises RetryableError when the executor cannot be reached.
+        "SERVING", or "NOT_SERVING" while the storage cannot record results, while every
+        slot is held by a killed process that has not ended, and from the start of a stop.
+        Raises RetryableError when the executor cannot be reached.
         """
         return await self._health_status(service, timeout)
 

@@ -84,7 +84,8 @@ def _explained(code: grpc.StatusCode, details: str) -> str:
     """``details``, saying in plain words what gRPC's text means where it is cryptic.
 
     Every executor of a fleet NOT_SERVING (its storage cannot record results: a full
-    disk, PostgreSQL down; or it is stopping) leaves the channel nothing to call, even
+    disk, PostgreSQL down; every slot held by a killed process that has not ended; or
+    it is stopping) leaves the channel nothing to call, even
     for a read such as GetMetrics, and gRPC says only "backend unhealthy": the executor
     answers why when asked directly, so the error says whom to ask. gRPC names only the
     last executor it tried: of the others, one may as well be down or frozen.
@@ -98,9 +99,10 @@ def _explained(code: grpc.StatusCode, details: str) -> str:
     return (
         f"no executor of the fleet is SERVING (the one gRPC tried last, {last}, reports"
         " NOT_SERVING: its storage cannot record results, e.g. a full disk or PostgreSQL"
-        " unreachable, or it is stopping; any other reports the same or could not be"
-        " reached); ask one by its own address for why, e.g."
-        f" `cbexec metrics --address {last}` (storage_problem) [{details}]"
+        " unreachable, every slot is held by a killed process that has not ended, or it"
+        " is stopping; any other reports the same or could not be reached); ask one by"
+        f" its own address for why, e.g. `cbexec metrics --address {last}`"
+        f" (storage_problem, slots_problem) [{details}]"
     )
 
 

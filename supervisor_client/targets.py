@@ -15,7 +15,8 @@ A list and a DNS name are a fleet: the channel balances calls round-robin over e
 executor (``loadBalancingConfig: round_robin``) and checks each one's health
 (``healthCheckConfig``: the standard health service, for ``CallbackExecutorService``,
 which an executor answers SERVING while it is up and NOT_SERVING from the start of a
-stop or while its storage cannot record results), so an executor that is gone or not
+stop, while its storage cannot record results or while every slot is held by a killed
+process that has not ended), so an executor that is gone or not
 serving gets no calls while another is. gRPC's C core does the health checking itself:
 the service config is all a client needs.
 """

@@ -47,6 +47,7 @@ def metrics_message(snapshot: MetricsSnapshot) -> executor_pb2.GetMetricsRespons
         outbox_dead_letters=readings.outbox_dead_letters,
         outbox_last_error=readings.outbox_last_error,
         storage_problem=readings.storage_problem,
+        slots_problem=readings.slots_problem,
         prepared_children=readings.prepared_children,
         slots=readings.slots,
         queue_limit=readings.queue_limit,

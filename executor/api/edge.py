@@ -13,8 +13,9 @@ its calls' headers by ``header_bound.py`` where gRPC does not bound them yet.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -46,6 +47,16 @@ from executor.storage import StorageHealth
 from executor.triggers.engine import TriggerEngine
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc, farm_pb2, farm_pb2_grpc
 
+
+class ServingProblem(Protocol):
+    """What health follows: a problem ("" for none) and who hears it change (any thread)."""
+
+    listeners: list[Callable[[str], None]]
+
+    @property
+    def problem(self) -> str: ...
+
+
 SERVICES: Final = tuple(
     service.full_name for service in executor_pb2.DESCRIPTOR.services_by_name.values()
 )
@@ -72,26 +83,38 @@ class Edge:
     # The FarmService, when registered: its WaitJobs end at a stop's start as Watch streams do.
     farm: FarmServicer | None = None
     _stopping: bool = False
+    # Why it is NOT_SERVING now, by what followed says it (``follow``); "" for none.
+    _problems: dict[str, str] = field(default_factory=dict)
     _pending_health: asyncio.Future[None] | None = None
 
-    def follow(self, storage: StorageHealth) -> None:
-        """Answer NOT_SERVING while the storage cannot record results, SERVING again after."""
+    def follow(self, source: ServingProblem, name: str) -> None:
+        """Answer NOT_SERVING while ``source`` has a problem (or another does), SERVING after.
+
+        The storage that cannot record results, every slot kept by a killed process
+        (``StuckSlots``): each is one of the reasons, so one's end does not hide another.
+        """
         loop = asyncio.get_running_loop()
 
         def on_loop(problem: str) -> None:
+            self._problems[name] = problem
             if not self._stopping:
-                self._pending_health = asyncio.ensure_future(self.set_serving(not problem))
+                self._pending_health = asyncio.ensure_future(self._serve_as_the_problems_say())
 
         def changed(problem: str) -> None:
-            # Heard on whichever thread met the storage (the bookkeeping writer's, say).
+            # Heard on whichever thread met it (the bookkeeping writer's, for the storage).
             loop.call_soon_threadsafe(on_loop, problem)
 
-        storage.listeners.append(changed)
-        if storage.problem:  # met before now (start-up on a full disk)
-            on_loop(storage.problem)
+        source.listeners.append(changed)
+        if source.problem:  # met before now (start-up on a full disk)
+            on_loop(source.problem)
+
+    async def _serve_as_the_problems_say(self) -> None:
+        """SERVING unless a problem followed holds now; nothing once a stop has begun."""
+        if not self._stopping:
+            await self.set_serving(not any(self._problems.values()))
 
     async def stop_serving(self) -> None:
-        """NOT_SERVING from now on, whatever the storage does (the start of a stop).
+        """NOT_SERVING from now on, whatever the problems followed do (the start of a stop).
 
         Then every Watch stream ends, its last word NOT_SERVING, and every farm WaitJobs,
         UNAVAILABLE (its client asks again): open, either would hold the server's stop for

@@ -85,6 +85,7 @@ def format_metrics(m: Any) -> str:
         (
             f"{'slots':<16}{m.active_children} of {m.slots} busy, "
             f"{counted(m.prepared_children, 'child', 'children')} prepared ahead"
+            + (f"; STUCK: {escaped(m.slots_problem)}" if m.slots_problem else "")
         ),
         (
             f"{'queue':<16}{m.queue_depth} waiting of {m.queue_limit} allowed; "

@@ -317,6 +317,13 @@ class ReadingsCollector(Collector):
             r.slots_kept_for_history,
         )
         yield gauge(
+            "slots_kept_by_killed_processes",
+            "Of those, slots kept by a killed process that has not ended (a cgroup freezer,"
+            " state D in the kernel); while they are every slot the executor runs nothing"
+            " and health is NOT_SERVING (slots_problem).",
+            r.slots_kept_by_killed,
+        )
+        yield gauge(
             "prepared_children",
             "Children started ahead, confined and waiting for their run (prepare_ahead).",
             r.prepared_children,

@@ -39,6 +39,10 @@ class Readings:
     active_children: int = 0
     # Of those, the slots ended runs keep until the history catches up with their output.
     slots_kept_for_history: int = 0
+    # Of those, the slots kept by a killed process that has not ended (``StuckSlots``),
+    # and why the executor can run nothing while they are every slot ("" until then).
+    slots_kept_by_killed: int = 0
+    slots_problem: str = ""
     prepared_children: int = 0
     slots: int = 0
     queue_depth: int = 0
@@ -100,6 +104,8 @@ class ReadingSources:
     outbox_last_error: Callable[[], str] = lambda: ""
     storage_problem: Callable[[], str] = lambda: ""
     firings_held: Callable[[], str] = lambda: ""
+    # (slots kept by killed processes that have not ended, the problem when that is all)
+    slots_kept_by_killed: Callable[[], tuple[int, str]] = lambda: (0, "")
     # (events, firings, event ids forgotten early, repeat ticks skipped)
     trigger_counts: Callable[[], tuple[int, int, int, int]] = lambda: (0, 0, 0, 0)
     # (jobs, callbacks, firings queued)
@@ -118,9 +124,12 @@ class ReadingSources:
         jobs, callbacks, firings = self._or_last("trigger_store", self.trigger_store, 3)
         universal, reload_errors = self.universal()
         mail_queued, mail_sending, mails_not_sent = self.mail()
+        kept_by_killed, slots_problem = self.slots_kept_by_killed()
         return Readings(
             active_children=self.load.active,
             slots_kept_for_history=self.load.kept_for_history,
+            slots_kept_by_killed=kept_by_killed,
+            slots_problem=slots_problem,
             prepared_children=self.prepared_children(),
             slots=self.slots,
             queue_depth=self.load.waiting,

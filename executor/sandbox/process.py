@@ -60,6 +60,7 @@ from executor.sandbox.exit_status import (
 from executor.sandbox.lifecycle import RunStop, has_ended, is_stopped, terminate
 from executor.sandbox.netns import EmptyNetwork
 from executor.sandbox.spawners import ZYGOTE_LONGEST_WAIT_S, ChildHandle, Spawner
+from executor.sandbox.stuck_slots import StuckSlots
 from executor.sandbox.usage import live_usage
 from executor.shortage import Shortage, at_capacity
 from executor.wall_deadline import WallDeadline
@@ -235,8 +236,9 @@ class _Child:
     # Until it fires, the pipes are read only at the run's end (see PIPES_WATCHED_AFTER_S).
     pipes_timer: asyncio.TimerHandle | None = None
     # Killed and not ended within KILL_WAIT_S: the rest of its end (reap, the cell's
-    # escapes), which ``ending`` no longer waits for.
+    # escapes), which ``ending`` no longer waits for; and its process, and why it stays.
     reaping: asyncio.Task[list[int]] | None = None
+    unended: str = ""
 
     def watch_pipes(self) -> None:
         """Read the pipes as output comes, from now on."""
@@ -277,9 +279,16 @@ class SandboxRunner:
     """
 
     def __init__(
-        self, options: SandboxOptions, spawner: Spawner, *, prepare_ahead: bool = False
+        self,
+        options: SandboxOptions,
+        spawner: Spawner,
+        *,
+        prepare_ahead: bool = False,
+        stuck: StuckSlots | None = None,
     ) -> None:
+        """``stuck`` hears of each slot a killed process that has not ended keeps."""
         self.options = options
+        self._stuck = stuck
         self.spawner = spawner
         self._prepare_ahead = prepare_ahead
         self._prepared: dict[int, asyncio.Task[_Child]] = {}
@@ -308,6 +317,10 @@ class SandboxRunner:
     @staticmethod
     def cell(slot: int, language: str) -> int:
         return slot * len(CHILD_LANGUAGES) + CHILD_LANGUAGES.index(language)
+
+    @staticmethod
+    def slot_of(cell: int) -> int:
+        return cell // len(CHILD_LANGUAGES)
 
     def _launch_spec(
         self,
@@ -845,8 +858,8 @@ class SandboxRunner:
         """Release the ended child; one killed and not ended is, and its cell prepared, at its end."""
         if child.reaping is None:
             await asyncio.shield(self._release(child))
-        else:
-            self._finish_later(child, runtime, limits, policy)
+        else:  # its run raised: the dispatcher frees its slot at once (no ``finishing``)
+            self._finish_later(child, runtime, limits, policy, keeps_slot=False)
 
     def _exit_evidence(
         self, child: _Child, evidence: ChildExit, began: float, oom_kills_before: int
@@ -914,8 +927,13 @@ class SandboxRunner:
         runtime: ChildRuntime,
         limits: Limits,
         policy: Policy | None,
+        *,
+        keeps_slot: bool = True,
     ) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(self._finish(child, runtime, limits, policy))
+        """``_finish`` as a task; ``keeps_slot``: the run's slot waits for it (its ``finishing``)."""
+        task = asyncio.get_running_loop().create_task(
+            self._finish(child, runtime, limits, policy, keeps_slot=keeps_slot)
+        )
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
         return task
@@ -926,13 +944,21 @@ class SandboxRunner:
         runtime: ChildRuntime,
         limits: Limits,
         policy: Policy | None,
+        *,
+        keeps_slot: bool,
     ) -> None:
         """After an answer at the end mark: kill and reap everything, release, prepare the next."""
         ending = self._end(child)
         try:
             escaped = await asyncio.shield(ending)
             if child.reaping is not None:  # killed and not ended yet: its slot waits for it
-                escaped = await asyncio.shield(child.reaping)
+                kept = (
+                    self._stuck.kept(self.slot_of(child.cell), child.unended)
+                    if keeps_slot and self._stuck is not None
+                    else contextlib.nullcontext()
+                )
+                with kept:
+                    escaped = await asyncio.shield(child.reaping)
             if escaped:
                 logger.info(
                     "cell %d: the callback left %d processes running; they were killed",
@@ -1079,15 +1105,19 @@ class SandboxRunner:
             return True
         pid = handle.main_pid() or handle.pid
         held = freezer.frozen_by(pid)
+        why = (
+            f"frozen by the cgroup freezer {held}, which it could not be let out of"
+            if held is not None
+            else f"state {_process_state(pid)}: held in the kernel"
+        )
+        child.unended = f"process {pid}, {why}"
         logger.warning(
             "cell %d: process %d did not end within %gs of its SIGKILL (%s): its run is "
             "answered without it, and its slot stays taken until it ends",
             child.cell,
             pid,
             KILL_WAIT_S,
-            f"frozen by the cgroup freezer {held}, which it could not be let out of"
-            if held is not None
-            else f"state {_process_state(pid)}: held in the kernel",
+            why,
         )
         return False
 

@@ -325,13 +325,17 @@ class Dashboard:
         """
         try:
             # The last known while the loop is held a moment (``ExecutorSource.health_now``).
-            status, problem = self._source.health_now()
+            health = self._source.health_now()
         except SourceUnavailable as err:
             if self._stopping.is_set():
                 return _json(503, {"status": "NOT_SERVING", "why": STOPPING})
             return _json(503, {"status": "UNKNOWN", "why": str(err)})
-        answer = {"status": status, "storage_problem": problem}
-        return _json(200 if status == "SERVING" else 503, answer)
+        answer = {
+            "status": health.status,
+            "storage_problem": health.storage_problem,
+            "slots_problem": health.slots_problem,
+        }
+        return _json(200 if health.status == "SERVING" else 503, answer)
 
     # -- pages --------------------------------------------------------------------------
 

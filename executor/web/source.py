@@ -24,7 +24,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import grpc
 
@@ -66,6 +66,14 @@ class SourceRefused(Exception):
     """
 
 
+class HealthNow(NamedTuple):
+    """What /healthz says: the health service's status, and why it is not SERVING ("" each)."""
+
+    status: str
+    storage_problem: str
+    slots_problem: str
+
+
 class ExecutorSource:
     """The dashboard's reads, each one call of the executor's API on its event loop."""
 
@@ -86,10 +94,10 @@ class ExecutorSource:
         self._metrics = metrics
         self._timeout_s = timeout_s
         self._loop_thread = threading.get_ident()  # made on the loop's thread
-        # /healthz's ask in flight, and the last answer (status, storage problem, when).
+        # /healthz's ask in flight, and the last answer and when it came.
         self._health_lock = threading.Lock()
-        self._asking: concurrent.futures.Future[tuple[str, str]] | None = None
-        self._known: tuple[str, str, float] | None = None
+        self._asking: concurrent.futures.Future[HealthNow] | None = None
+        self._known: tuple[HealthNow, float] | None = None
 
     def _submit(self, call: Callable[[], Awaitable[T]]) -> concurrent.futures.Future[T]:
         if threading.get_ident() == self._loop_thread:
@@ -207,8 +215,8 @@ class ExecutorSource:
         """The health service's status for the whole executor."""
         return self._call(self._client.health)
 
-    def health_now(self) -> tuple[str, str]:
-        """/healthz's (status, storage problem): asked anew, or the last known if the loop is held.
+    def health_now(self) -> HealthNow:
+        """/healthz's status and problems: asked anew, or the last known if the loop is held.
 
         A load balancer's probe gives up after a second or two, and the loop may be held
         that long by a statement waiting on the store (its lock timeout): so the answer
@@ -225,20 +233,19 @@ class ExecutorSource:
         started = time.monotonic()
         concurrent.futures.wait([asking], HEALTHZ_WAIT_S)
         known = self._known
-        if not asking.done() and known is not None and started - known[2] < self._timeout_s:
-            return known[0], known[1]
-        status, problem = self._result(asking, self._timeout_s - (time.monotonic() - started))
-        return status, problem
+        if not asking.done() and known is not None and started - known[1] < self._timeout_s:
+            return known[0]
+        return self._result(asking, self._timeout_s - (time.monotonic() - started))
 
-    async def _ask_health(self) -> tuple[str, str]:
+    async def _ask_health(self) -> HealthNow:
         # Not asked after a health call that failed: a held loop would be waited for twice.
         status = await self._client.health()
-        return status, (await self._client.get_metrics()).storage_problem
+        metrics = await self._client.get_metrics()
+        return HealthNow(status, metrics.storage_problem, metrics.slots_problem)
 
-    def _remember_health(self, asked: concurrent.futures.Future[tuple[str, str]]) -> None:
+    def _remember_health(self, asked: concurrent.futures.Future[HealthNow]) -> None:
         if not asked.cancelled() and asked.exception() is None:
-            status, problem = asked.result()
-            self._known = (status, problem, time.monotonic())
+            self._known = (asked.result(), time.monotonic())
 
     def refresh_metrics(self) -> None:
         """Take the readings for a scrape of /metrics (on the loop; the registry is then read here)."""

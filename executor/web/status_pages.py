@@ -86,6 +86,8 @@ def health_body(source: Any) -> Html:
     parts: list[object] = []
     if m.storage_problem:
         parts.append(notice(f"Storage degraded: {m.storage_problem}", "error"))
+    if m.slots_problem:
+        parts.append(notice(f"No slot to run in: {m.slots_problem}", "error"))
     if m.firings_held:
         parts.append(notice(f"Fired runs held: {m.firings_held}", "error"))
     serving = tag("span", status, class_="ok" if status == "SERVING" else "bad", id="serving")

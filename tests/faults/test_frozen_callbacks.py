@@ -22,10 +22,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+import grpc
 import psutil
 import pytest
 
-from executor.sandbox import cgroup, freezer, process
+from executor.api import edge
+from executor.sandbox import cgroup, freezer, process, stuck_slots
+from supervisor_client import RetryableError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
 from tests.helpers.processes import sandboxed_processes
@@ -192,6 +195,73 @@ async def test_a_callback_that_cannot_be_thawed_is_answered_and_the_stop_ends(
     # The executor's cell, kept by the frozen process, goes once it has died.
     assert await eventually(lambda: not sandboxed_processes(), timeout_s=5)
     cgroups.close()
+
+
+async def test_every_slot_held_by_a_process_that_cannot_be_thawed_is_not_serving_until_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Its one slot held until the frozen process ends, the executor ran nothing, yet
+    # said SERVING: a load balancer or a fleet client kept sending it Execute calls,
+    # which queued until their deadlines.
+    monkeypatch.setattr(freezer, "thaw", lambda pid: None)
+    settings = stack_settings(tmp_path / "data", launcher="zygote", max_concurrent=1)
+    async with running_stack(settings) as stack:
+        with freezer_cgroup() as held:
+            await execute(stack, "pass")
+            running = await started_callback(stack, SLEEPS, wall_seconds=1)
+            frozen = sandboxed_processes()
+            held.freeze([p.pid for p in frozen])
+            with caplog.at_level(logging.INFO, logger=stuck_slots.__name__):
+                response = await asyncio.wait_for(running, timeout=15)
+                assert response.outcome == WALL_TIMEOUT, response.failure.message
+
+                assert await stack.client.health() == "NOT_SERVING"
+                for service in edge.SERVICES:
+                    assert await stack.client.health(service) == "NOT_SERVING"
+                problem = (await stack.client.get_metrics()).slots_problem
+                assert problem.startswith(
+                    "every slot (1) is held by a killed process that has not ended (process "
+                ), problem
+                assert f"frozen by the cgroup freezer {held.path}" in problem
+                began = time.monotonic()
+                with pytest.raises(RetryableError) as refused:
+                    await execute(stack, "print('queued')")
+                assert time.monotonic() - began < 1  # at once, not at a deadline
+                assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+                assert problem in refused.value.details
+                assert "the executor runs nothing until one ends" in refused.value.details
+                # A fired callback waits in its durable queue, unrun, as for a storage problem.
+                fired = {"triggers": "done-job-self", "language": "python", "code": "pass"}
+                await stack.client.register_job({"id": 900, "name": "f", "callbacks": [fired]})
+                await stack.client.publish_event(name="complete", type="job", job_id=900)
+                await asyncio.sleep(0.3)  # its first tries, refused
+                assert (await stack.client.get_metrics()).firings_queued == 1
+                said = [r for r in caplog.records if r.name == stuck_slots.__name__]
+                (warning,) = [r.getMessage() for r in said if r.levelno == logging.WARNING]
+                assert warning == (
+                    f"{problem}: health is NOT_SERVING and Execute is refused until one ends"
+                )
+
+                held.thaw()
+                assert await eventually(lambda: not any(alive(p) for p in frozen), timeout_s=5)
+
+                async def serving() -> bool:
+                    return await stack.client.health() == "SERVING"
+
+                assert await eventually(serving, timeout_s=5), "still NOT_SERVING after its end"
+                for service in edge.SERVICES:
+                    assert await stack.client.health(service) == "SERVING"
+                assert (await stack.client.get_metrics()).slots_problem == ""
+
+                async def fired_ran() -> bool:
+                    return (await stack.client.get_metrics()).firings_queued == 0
+
+                assert await eventually(fired_ran, timeout_s=10)
+                (run,) = (await stack.client.list_runs(job_id=900)).runs
+                assert run.outcome == SUCCEEDED
+            (info,) = [r for r in caplog.records if r.name == stuck_slots.__name__][1:]
+            assert info.levelno == logging.INFO and "a slot is free again" in info.getMessage()
+            assert (await execute(stack, "print('next')")).stdout == "next\n"
 
 
 @pytest.mark.parametrize("thawable", [True, False])

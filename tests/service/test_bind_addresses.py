@@ -24,7 +24,10 @@ async def test_own_channel_reaches_the_bound_address(tmp_path: Path, bind: str) 
     settings = stack_settings(tmp_path / "data", bind=bind, http_bind="127.0.0.1:0")
     async with running_stack(settings) as stack:
         status, _, body = await fetch(f"http://127.0.0.1:{stack.running.http_port}/healthz")
-        assert (status, body.strip()) == (200, '{"status": "SERVING", "storage_problem": ""}')
+        assert (status, body.strip()) == (
+            200,
+            '{"status": "SERVING", "storage_problem": "", "slots_problem": ""}',
+        )
         stack.supervisor.submit([{"name": "a", "user": "alice", "agenda": ["1"]}])
         forwarder = stack.running.forwarder
         assert forwarder is not None

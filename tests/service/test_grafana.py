@@ -113,6 +113,7 @@ def test_each_replicas_own_gauges_are_added_together() -> None:
         "cbexec_slots",
         "cbexec_active_children",
         "cbexec_slots_kept_for_history",
+        "cbexec_slots_kept_by_killed_processes",
         "cbexec_queue_depth",
         "cbexec_grpc_connections",
         "cbexec_mail_queued",

@@ -135,7 +135,10 @@ async def test_metrics_scraped_by_prometheus_parser_move_with_real_runs(web: Sta
 
 async def test_healthz_and_pages_answer(web: Stack) -> None:
     status, _, body = await fetch(url(web, "/healthz"))
-    assert (status, body.strip()) == (200, '{"status": "SERVING", "storage_problem": ""}')
+    assert (status, body.strip()) == (
+        200,
+        '{"status": "SERVING", "storage_problem": "", "slots_problem": ""}',
+    )
     bad = await run_py(web, "print('<script>document.title=\"pwned\"</script>')", 3)
     for path in ("/runs", "/jobs", "/universal", "/health", f"/runs/{bad.invocation_id}"):
         status, headers, page = await fetch(url(web, path))

@@ -31,7 +31,7 @@ from executor.web.frame_strip import Frame, in_agenda_order, tally
 from executor.web.html import Html, esc, tag
 from executor.web.jobs_pages import frame_shape
 from executor.web.runs_pages import STREAM_EDGE_BYTES, Excerpt, RunFilters, excerpt
-from executor.web.source import ExecutorSource, SourceRefused, SourceUnavailable
+from executor.web.source import ExecutorSource, HealthNow, SourceRefused, SourceUnavailable
 from supervisor_client import ExecutorRpcError
 from supervisor_client.client import outcome_value
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
@@ -95,10 +95,11 @@ class FakeSource:
     def health(self) -> str:
         return "SERVING"
 
-    def health_now(self) -> tuple[str, str]:
+    def health_now(self) -> HealthNow:
         # As ExecutorSource asks: the metrics only once the health call answered.
         status = self.health()
-        return status, self.metrics().storage_problem
+        metrics = self.metrics()
+        return HealthNow(status, metrics.storage_problem, metrics.slots_problem)
 
     def refresh_metrics(self) -> None:
         pass
@@ -137,6 +138,20 @@ def test_the_health_page_says_fired_runs_are_held_only_while_they_are() -> None:
     assert "Fired runs held: &lt;script&gt;alert(1)&lt;/script&gt;" in held
     calm = Dashboard(FakeSource(), CollectorRegistry(), Access("")).handle(get("/health"))
     assert "Fired runs held" not in calm.body.decode()
+
+
+def test_the_health_page_and_healthz_say_the_slots_are_stuck_only_while_they_are() -> None:
+    class Stuck(FakeSource):
+        def metrics(self) -> Any:
+            return executor_pb2.GetMetricsResponse(slots_problem=HOSTILE)
+
+    stuck = Dashboard(Stuck(), CollectorRegistry(), Access(""))
+    assert "No slot to run in: &lt;script&gt;alert(1)&lt;/script&gt;" in (
+        stuck.handle(get("/health")).body.decode()
+    )
+    assert json.loads(stuck.handle(get("/healthz")).body)["slots_problem"] == HOSTILE
+    calm = Dashboard(FakeSource(), CollectorRegistry(), Access(""))
+    assert "No slot to run in" not in calm.handle(get("/health")).body.decode()
 
 
 def test_unknown_paths_and_methods() -> None:
@@ -291,7 +306,11 @@ def test_healthz_answers_at_once_from_the_last_status_while_the_loop_is_held() -
         source = asyncio.run_coroutine_threadsafe(make(), loop).result(5)
         dashboard = Dashboard(source, CollectorRegistry(), Access(""))
         fresh = dashboard.handle(get("/healthz"))
-        said = {"status": "NOT_SERVING", "storage_problem": "the store is read-only"}
+        said = {
+            "status": "NOT_SERVING",
+            "storage_problem": "the store is read-only",
+            "slots_problem": "",
+        }
         assert (fresh.status, json.loads(fresh.body)) == (503, said)
         loop.call_soon_threadsafe(time.sleep, 5.0)  # the loop held
         started = time.monotonic()

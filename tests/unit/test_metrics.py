@@ -175,6 +175,7 @@ GET_METRICS_FIELD: dict[str, str | None] = {
     "cbexec_refused_at_capacity": "rejected_at_capacity",
     "cbexec_active_children": "active_children",
     "cbexec_slots_kept_for_history": None,
+    "cbexec_slots_kept_by_killed_processes": None,  # slots_problem says when they are all
     "cbexec_slots": "slots",
     "cbexec_prepared_children": "prepared_children",
     "cbexec_queue_depth": "queue_depth",
@@ -237,6 +238,14 @@ def test_cbexec_metrics_says_fired_runs_are_held_only_while_they_are() -> None:
     assert "HELD" not in format_metrics(executor_pb2.GetMetricsResponse())
     lines = format_metrics(executor_pb2.GetMetricsResponse(firings_held=held)).splitlines()
     assert f"{'fired runs':<16}HELD: {held}" in lines
+
+
+def test_cbexec_metrics_says_the_slots_are_stuck_only_while_they_are() -> None:
+    stuck = "every slot (1) is held by a killed process that has not ended (process 7, x)"
+    assert "STUCK" not in format_metrics(executor_pb2.GetMetricsResponse())
+    lines = format_metrics(executor_pb2.GetMetricsResponse(slots=1, slots_problem=stuck))
+    (line,) = [x for x in lines.splitlines() if x.startswith("slots ")]
+    assert line.endswith(f"prepared ahead; STUCK: {stuck}")
 
 
 def test_cbexec_metrics_counts_one_of_a_thing_in_the_singular() -> None:

@@ -2137,6 +2137,7 @@ class GetMetricsResponse(_message.Message):
     EVENT_IDS_FORGOTTEN_EARLY_FIELD_NUMBER: _builtins.int
     FIRINGS_HELD_FIELD_NUMBER: _builtins.int
     REPEAT_TICKS_SKIPPED_FIELD_NUMBER: _builtins.int
+    SLOTS_PROBLEM_FIELD_NUMBER: _builtins.int
     rejected_at_capacity: _builtins.int
     """Requests refused with RESOURCE_EXHAUSTED."""
     active_children: _builtins.int
@@ -2197,6 +2198,14 @@ class GetMetricsResponse(_message.Message):
     because the firing of the tick before was still queued or running: a callback
     slower than its interval runs once at a time, at its first tick after each run.
     """
+    slots_problem: _builtins.str
+    """Why the executor can run nothing now: every slot (max_concurrent of them) is
+    held by a killed process that has not ended (one a cgroup freezer holds that the
+    executor could not let out, or one held in the kernel, state D), which it names;
+    "" while a slot is not. Meanwhile the health service answers NOT_SERVING, and
+    Execute is refused UNAVAILABLE at once (fired callbacks wait in their queue),
+    until one of them ends.
+    """
     @_builtins.property
     def runs_by_outcome(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Runs since start, by outcome name ("SUCCEEDED", ...)."""
@@ -2246,10 +2255,11 @@ class GetMetricsResponse(_message.Message):
         event_ids_forgotten_early: _builtins.int = ...,
         firings_held: _builtins.str = ...,
         repeat_ticks_skipped: _builtins.int = ...,
+        slots_problem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["queue_seconds", b"queue_seconds", "run_wall_seconds", b"run_wall_seconds", "sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_children", b"active_children", "callbacks_fired", b"callbacks_fired", "event_ids_forgotten_early", b"event_ids_forgotten_early", "events_published", b"events_published", "firings_held", b"firings_held", "firings_queued", b"firings_queued", "outbox_dead_letters", b"outbox_dead_letters", "outbox_last_error", b"outbox_last_error", "outbox_pending", b"outbox_pending", "prepared_children", b"prepared_children", "queue_depth", b"queue_depth", "queue_limit", b"queue_limit", "queue_seconds", b"queue_seconds", "rejected_at_capacity", b"rejected_at_capacity", "repeat_ticks_skipped", b"repeat_ticks_skipped", "run_wall_seconds", b"run_wall_seconds", "runs", b"runs", "runs_by_outcome", b"runs_by_outcome", "sandbox", b"sandbox", "slots", b"slots", "storage_problem", b"storage_problem", "trigger_callbacks", b"trigger_callbacks", "trigger_jobs", b"trigger_jobs", "universal_callbacks", b"universal_callbacks", "universal_reload_errors", b"universal_reload_errors", "zygotes", b"zygotes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_children", b"active_children", "callbacks_fired", b"callbacks_fired", "event_ids_forgotten_early", b"event_ids_forgotten_early", "events_published", b"events_published", "firings_held", b"firings_held", "firings_queued", b"firings_queued", "outbox_dead_letters", b"outbox_dead_letters", "outbox_last_error", b"outbox_last_error", "outbox_pending", b"outbox_pending", "prepared_children", b"prepared_children", "queue_depth", b"queue_depth", "queue_limit", b"queue_limit", "queue_seconds", b"queue_seconds", "rejected_at_capacity", b"rejected_at_capacity", "repeat_ticks_skipped", b"repeat_ticks_skipped", "run_wall_seconds", b"run_wall_seconds", "runs", b"runs", "runs_by_outcome", b"runs_by_outcome", "sandbox", b"sandbox", "slots", b"slots", "slots_problem", b"slots_problem", "storage_problem", b"storage_problem", "trigger_callbacks", b"trigger_callbacks", "trigger_jobs", b"trigger_jobs", "universal_callbacks", b"universal_callbacks", "universal_reload_errors", b"universal_reload_errors", "zygotes", b"zygotes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
