@@ -78,7 +78,7 @@ CREATE TABLE IF NOT EXISTS fleet_versions (
 
 def _steps() -> list[str]:
     """Migration steps, oldest first; step n brings a database to version n."""
-    from executor.runs import history, history_size, invocation_ids, outbox
+    from executor.runs import history, history_size, invocation_ids, outbox_table
     from executor.triggers import (
         decided_firings,
         event_id_reuse,
@@ -90,7 +90,11 @@ def _steps() -> list[str]:
 
     return [
         pg_ddl(
-            store.FULL_SCHEMA + store.LABEL_INDEXES + outbox.SCHEMA + history.SCHEMA + FLEET_SCHEMA
+            store.FULL_SCHEMA
+            + store.LABEL_INDEXES
+            + outbox_table.SCHEMA
+            + history.SCHEMA
+            + FLEET_SCHEMA
         ),
         # When each reported run ended: an earlier run's report never replaces a later one's.
         # (A database made at version 1 by this code has the column already.)

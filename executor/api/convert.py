@@ -28,7 +28,7 @@ from executor.model import (
     Usage,
 )
 from executor.runs.history import RunRecord
-from executor.runs.outbox import DeadLetter
+from executor.runs.outbox_dead import DeadLetter
 from executor.sandbox.limits import merge
 from executor.triggers.decide import Fired
 from executor.triggers.nodes import GLOBAL_TYPES, EventName, EventType

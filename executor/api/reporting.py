@@ -21,7 +21,7 @@ from executor.api.lenient_answers import supervisor_stub
 from executor.api.supervisor_reach import SupervisorReach
 from executor.bounds import ACTION_FRAMING_BYTES, cut_utf8, cut_utf8_end, utf8_size
 from executor.model import Invocation, RunResult
-from executor.runs.outbox import MESSAGE_MARGIN_BYTES, DeliveryError
+from executor.runs.outbox_transport import MESSAGE_MARGIN_BYTES, DeliveryError
 from supervisor_client.qbcallback.v1 import executor_pb2, supervisor_pb2, types_pb2
 
 # The receiver will refuse these again however often we retry: the result is set aside.

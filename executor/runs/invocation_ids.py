@@ -31,7 +31,7 @@ from executor.errors import AlreadyExistsError, DataLossError, UnavailableError
 from executor.model import Invocation
 from executor.runs import run_notes
 from executor.runs.history import RunIdentity
-from executor.runs.outbox import Alongside
+from executor.runs.outbox_fences import Alongside
 from executor.sql import Db, PgDb, StoreLockTimeout, first_row
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ dropped: runs already started are recorded whatever the size, so the file may pa
 bound by those. Dead letters (results the supervisor refused for good) wait for nobody:
 they are not counted there, or a supervisor refusing some would stop every run for
 good, and they keep to ``outbox_max_bytes`` of their own, the oldest dropped first
-(``Outbox._bound_dead_letters``). In a fleet the outbox is PostgreSQL's table, not this
+(``DeadLetters.bound``). In a fleet the outbox is PostgreSQL's table, not this
 file: no bound here.
 
 A delivered row keeps only its key, but the file keeps its peak size (SQLite reuses
@@ -27,9 +27,14 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, cast
 
+from executor.errors import UnavailableError
 from executor.plurals import counted
+
+if TYPE_CHECKING:  # the table imports this module
+    from executor.runs.outbox_table import OutboxTable
 
 logger = logging.getLogger(__name__)
 
@@ -98,3 +103,72 @@ def compact(
         (free + in_use) / MIB,
     )
     return True
+
+
+class OutboxSpace:
+    """Whether the results waiting in outbox.db are past ``max_bytes``: why no run may start.
+
+    Args:
+        table: the outbox's.
+        max_bytes: the bound (None: no bound; never in a fleet).
+        compact_free_bytes: outbox.db is compacted (``compact``) when at least this much
+            of it, and half of it, is free.
+        pending: the results waiting for delivery (``Outbox.pending``).
+    """
+
+    def __init__(
+        self,
+        table: OutboxTable,
+        *,
+        max_bytes: int | None,
+        compact_free_bytes: int,
+        pending: Callable[[], int],
+    ) -> None:
+        self._table = table
+        self.max_bytes = max_bytes
+        self._compact_free_bytes = compact_free_bytes
+        self._pending = pending
+        # Why no run may start now ("" while the results waiting are within max_bytes).
+        self.refusal = ""
+        # What the dead letters' payloads take of outbox.db: not results that wait, so
+        # not part of that bound (they have one of their own, ``DeadLetters.bound``).
+        self.dead_bytes = 0
+
+    def measure(self) -> None:
+        """(SQLite, after each commit on the loop) Whether the results waiting are past ``max_bytes``.
+
+        Measured as outbox.db's pages in use (read from its header: no scan) less what
+        the dead letters take, known since they last changed. Every such commit measures
+        (a message's, notes dropped, delivery's marks, the dead letters' changes): a
+        refusal that no later commit would measure again stops every run.
+        """
+        if self.max_bytes is None or self._table.fleet:
+            return
+        try:
+            in_use, _ = pages(cast(sqlite3.Connection, self._table.db))
+            waiting = max(0, in_use - self.dead_bytes)
+            if waiting < self.max_bytes:
+                if self.refusal:
+                    # Taken by the supervisor, or (none pending) recorded by the history.
+                    logger.warning(
+                        "outbox: what waits in outbox.db is within outbox_max_bytes again;"
+                        " runs start again"
+                    )
+                self.refusal = ""
+                return
+            refusal = over_bound(self._pending(), waiting, self.max_bytes)
+        except (sqlite3.Error, UnavailableError) as err:  # the storage's: its writes say so
+            logger.debug("outbox: its size was not read: %s", err)
+            return
+        if not self.refusal:
+            logger.error("outbox: %s", refusal)
+        self.refusal = refusal
+
+    def compact(self) -> None:
+        """(SQLite, delivery caught up) An outage's peak size given back, then measured."""
+        db = cast(sqlite3.Connection, self._table.db)
+        try:
+            if compact(db, self._table.path, free_bytes=self._compact_free_bytes):
+                self.measure()
+        except sqlite3.Error as err:  # its size unread: the next commit says what is wrong
+            logger.debug("outbox: not compacted: %s", err)

@@ -34,7 +34,9 @@ from executor.runs.callback_log import CallbackLog
 from executor.runs.callback_log_space import CallbackLogSpace
 from executor.runs.history import RunHistory, RunIdentity
 from executor.runs.metrics import Metrics
-from executor.runs.outbox import MESSAGE_MARGIN_BYTES, Alongside, Outbox, Transport
+from executor.runs.outbox import Outbox
+from executor.runs.outbox_fences import Alongside
+from executor.runs.outbox_transport import MESSAGE_MARGIN_BYTES, Transport
 from executor.runs.recovery import recover_lost_bookkeeping
 from executor.storage import StorageHealth
 

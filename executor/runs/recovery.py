@@ -30,7 +30,8 @@ from executor.errors import UnavailableError
 from executor.runs import run_notes
 from executor.runs.callback_log import CallbackLog, entry_stamp
 from executor.runs.history import RunHistory
-from executor.runs.outbox import KeptNotes, Outbox
+from executor.runs.outbox import Outbox
+from executor.runs.outbox_notes import KeptNotes
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ import pytest
 
 from executor import server
 from executor.runs import recorder
-from executor.runs.outbox import Backoff, DeliveryError, Outbox
+from executor.runs.outbox import Backoff, Outbox
+from executor.runs.outbox_transport import DeliveryError
 from executor.storage import StorageHealth
 from supervisor_client import ExecutorClient
 from tests.conftest import stack_settings

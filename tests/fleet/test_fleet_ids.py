@@ -20,7 +20,8 @@ from executor.migrations import open_postgres
 from executor.model import CallbackSpec, Invocation, Limits, Outcome, RunResult
 from executor.runs import run_notes
 from executor.runs.invocation_ids import PRUNE_EVERY_RENEWALS, FleetIds, IdGate
-from executor.runs.outbox import Alongside, Outbox
+from executor.runs.outbox import Outbox
+from executor.runs.outbox_fences import Alongside
 from executor.storage import StoreRefused
 from supervisor_client import ExecutorClient, ExecutorRpcError
 from supervisor_client.client import build_execute_request

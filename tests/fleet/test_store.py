@@ -774,7 +774,7 @@ async def test_a_result_committed_while_delivery_looks_in_postgresql_is_not_left
     receiver = RecordingReceiver()
     outbox = Outbox(pg_url, receiver, backoff=Backoff(first_s=0.01, cap_s=0.05), lease_s=60)
     loop = asyncio.get_running_loop()
-    query = outbox._next_batch
+    query = outbox._delivery._next_batch
     committed_meanwhile = threading.Event()
 
     def query_then_commit() -> tuple[list[tuple[int, str, bytes]], bool]:
@@ -785,7 +785,7 @@ async def test_a_result_committed_while_delivery_looks_in_postgresql_is_not_left
             committed_meanwhile.wait(5)
         return found
 
-    outbox._next_batch = query_then_commit  # type: ignore[method-assign]
+    outbox._delivery._next_batch = query_then_commit  # type: ignore[method-assign]
     outbox.start()
     try:
         assert await asyncio.to_thread(committed_meanwhile.wait, 5)

@@ -23,7 +23,8 @@ from typing import cast
 
 import pytest
 
-from executor.runs.outbox import Backoff, DeliveryError, Outbox
+from executor.runs.outbox import Backoff, Outbox
+from executor.runs.outbox_transport import DeliveryError
 from executor.storage import DatabaseLocked, StorageHealth
 from supervisor_client.reference import ReferenceSupervisor
 from tests.helpers.sqlite_memory import sqlite_memory_used
@@ -125,7 +126,7 @@ async def test_commits_of_one_turn_share_a_transaction_and_each_caller_waits_for
 ) -> None:
     outbox = Outbox(tmp_path / "outbox.db", receiver)
     statements: list[str] = []
-    cast(sqlite3.Connection, outbox._db).set_trace_callback(statements.append)  # SQLite here
+    cast(sqlite3.Connection, outbox._table.db).set_trace_callback(statements.append)  # SQLite here
     keys = [f"k{n}" for n in range(10)]
 
     async def commit(n: int, key: str) -> int:
@@ -230,7 +231,7 @@ async def test_delivery_meeting_a_lock_waits_for_the_probe_not_on_the_loop(
     prober = asyncio.get_running_loop().create_task(health.probe_forever())
     outbox = Outbox(tmp_path / "outbox.db", receiver, backoff=FAST, health=health)
     marks: list[str] = []
-    cast(sqlite3.Connection, outbox._db).set_trace_callback(
+    cast(sqlite3.Connection, outbox._table.db).set_trace_callback(
         lambda sql: marks.append(sql) if "delivered_at" in sql and "UPDATE" in sql else None
     )
     for n in range(3):
@@ -705,11 +706,11 @@ async def test_retrying_many_named_dead_letters_is_a_few_statements_in_one_trans
     assert outbox.stats().dead == 4
     named = [f"x{n}" for n in range(990)] + ["bad1", "bad3"] * 5
     statements: list[str] = []
-    cast(sqlite3.Connection, outbox._db).set_trace_callback(statements.append)  # SQLite here
+    cast(sqlite3.Connection, outbox._table.db).set_trace_callback(statements.append)  # SQLite here
 
     queued = outbox.retry_dead(named)
 
-    cast(sqlite3.Connection, outbox._db).set_trace_callback(None)
+    cast(sqlite3.Connection, outbox._table.db).set_trace_callback(None)
     assert queued == 2  # each letter once, however often it is named
     updates = [s for s in statements if s.startswith("UPDATE outbox SET dead_at = NULL")]
     assert len(updates) == 2, len(updates)  # 992 distinct keys, 500 a statement

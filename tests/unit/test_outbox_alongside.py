@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from executor.runs.outbox import Alongside, Outbox
+from executor.runs.outbox import Outbox
+from executor.runs.outbox_fences import Alongside
 
 
 class Taking:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from executor.errors import UnavailableError
-from executor.runs.outbox import DeliveryError, Outbox
+from executor.runs.outbox import Outbox
+from executor.runs.outbox_transport import DeliveryError
 from tests.helpers.waiting import eventually
 from tests.unit.test_dispatcher import Harness
 

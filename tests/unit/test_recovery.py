@@ -14,7 +14,8 @@ from executor.runs import run_notes
 from executor.runs.callback_log import CallbackLog, log_path
 from executor.runs.history import RunHistory
 from executor.runs.metrics import Metrics
-from executor.runs.outbox import DeliveryError, Outbox
+from executor.runs.outbox import Outbox
+from executor.runs.outbox_transport import DeliveryError
 from executor.runs.recorder import Recorder
 from executor.runs.recovery import recover_lost_bookkeeping
 from tests.helpers.waiting import eventually
