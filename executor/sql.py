@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any, Final, Protocol, TypeVar
@@ -907,6 +907,23 @@ def in_lists(values: Sequence[_V]) -> Iterator[tuple[list[_V], str]]:
     for start in range(0, len(values), IN_LIST_VALUES):
         part = list(values[start : start + IN_LIST_VALUES])
         yield part, ", ".join("?" * len(part))
+
+
+@contextmanager
+def one_transaction(db: Db) -> Iterator[None]:
+    """The block's statements in one transaction: committed at its end, rolled back if it raises.
+
+    The rollback's own failure (SQLite rolls back by itself on a full disk, say, and then
+    has no transaction to roll back) never hides the error that ended the block.
+    """
+    db.execute("BEGIN")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        with suppress(Exception):  # the store's own error, either kind
+            db.execute("ROLLBACK")
+        raise
 
 
 def pipelined(db: Db) -> AbstractContextManager[None]:

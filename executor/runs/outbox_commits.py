@@ -9,7 +9,6 @@ fence (``outbox_fences``) goes in the same transaction.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Final, NamedTuple
 
@@ -23,7 +22,7 @@ from executor.runs.outbox_fences import (
     fence_parameters,
 )
 from executor.runs.outbox_table import OutboxTable
-from executor.sql import StoreUnavailable, execute_counted, first_row
+from executor.sql import StoreUnavailable, execute_counted, first_row, one_transaction
 from executor.storage import writing
 
 _INSERT: Final = (
@@ -148,32 +147,26 @@ class OutboxCommits:
     def _put_many(self, messages: list[_Message]) -> tuple[bool, set[int]]:
         """Commit the messages in one transaction: whether any was added, and those fenced off."""
         db = self._table.db
-        with writing(self._table.path, self._table.health, store_refusals=True):
-            db.execute("BEGIN")
-            try:
-                fenced = {
-                    n
-                    for n, message in enumerate(messages)
-                    if message.alongside is not None
-                    and not fence_holds(db, message.alongside, message.key, message.payload)
-                }
-                # Of two messages under one key, the one whose run ended last.
-                latest = latest_per_key(
-                    [message for n, message in enumerate(messages) if n not in fenced],
-                    key=lambda message: message.key,
-                    ended_at=lambda message: message.ended_at,
-                )
-                added: int = 0
-                if latest:
-                    db.executemany(_REPLACE, [message.replaced for message in latest])
-                    added = db.executemany(
-                        _INSERT, [self._row(message) for message in latest]
-                    ).rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(Exception):  # the store's own error, either kind
-                    db.execute("ROLLBACK")
-                raise
+        with (
+            writing(self._table.path, self._table.health, store_refusals=True),
+            one_transaction(db),
+        ):
+            fenced = {
+                n
+                for n, message in enumerate(messages)
+                if message.alongside is not None
+                and not fence_holds(db, message.alongside, message.key, message.payload)
+            }
+            # Of two messages under one key, the one whose run ended last.
+            latest = latest_per_key(
+                [message for n, message in enumerate(messages) if n not in fenced],
+                key=lambda message: message.key,
+                ended_at=lambda message: message.ended_at,
+            )
+            added: int = 0
+            if latest:
+                db.executemany(_REPLACE, [message.replaced for message in latest])
+                added = db.executemany(_INSERT, [self._row(message) for message in latest]).rowcount
         # A driver that cannot count the rows of a batch says -1: wake delivery anyway.
         self._committed(added != 0)
         return added != 0, fenced

@@ -8,7 +8,6 @@ outbox dead`` lists it, ``cbexec outbox retry`` queues it again). On SQLite they
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from executor.runs import outbox_space
 from executor.runs.outbox_rows import listed_count, listed_time, shown_key
 from executor.runs.outbox_space import OutboxSpace
 from executor.runs.outbox_table import OutboxTable
-from executor.sql import in_lists
+from executor.sql import in_lists, one_transaction
 from executor.storage import reading, writing
 from executor.visible_text import escaped
 
@@ -147,19 +146,13 @@ class DeadLetters:
                     ).rowcount
                 )
             else:
-                db.execute("BEGIN")
-                try:
+                with one_transaction(db):
                     for chunk, marks in in_lists(list(dict.fromkeys(keys))):
                         sql = (
                             "UPDATE outbox SET dead_at = NULL, attempts = 0, retry_at = 0"  # noqa: S608 - ? marks
                             f" WHERE key IN ({marks}) AND dead_at IS NOT NULL"
                         )
                         queued += int(db.execute(sql, chunk).rowcount)
-                    db.execute("COMMIT")
-                except BaseException:
-                    with contextlib.suppress(Exception):  # the store's own error, either kind
-                        db.execute("ROLLBACK")
-                    raise
         self._table.checkpoints.committed()
         if queued:
             # Queued again, they are results waiting: the bound counts them once more.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from executor.runs.outbox_space import OutboxSpace
 from executor.runs.outbox_table import OutboxTable
+from executor.sql import one_transaction
 from executor.storage import writing
 
 
@@ -53,18 +54,11 @@ class DeliveredMarks:
                 (now, b"", seqs),
             )
         else:
-            with writing(self._table.path, self._table.health):
-                ddb.execute("BEGIN")
-                try:
-                    ddb.executemany(
-                        "UPDATE outbox SET delivered_at = ?, payload = ? WHERE seq = ?",
-                        [(now, b"", seq) for seq in seqs],
-                    )
-                    ddb.execute("COMMIT")
-                except BaseException:
-                    if ddb.in_transaction:  # SQLite may have rolled back already (disk full)
-                        ddb.execute("ROLLBACK")
-                    raise
+            with writing(self._table.path, self._table.health), one_transaction(ddb):
+                ddb.executemany(
+                    "UPDATE outbox SET delivered_at = ?, payload = ? WHERE seq = ?",
+                    [(now, b"", seq) for seq in seqs],
+                )
             self._table.checkpoints.committed()
         delivered_now = len(self.unmarked)
         self.unmarked.clear()

@@ -18,7 +18,7 @@ from typing import Final, NamedTuple
 from executor.errors import UnavailableError
 from executor.runs.outbox_rows import DamagedRow, read_seq, read_time, shown_key
 from executor.runs.outbox_table import OutboxTable
-from executor.sql import Db, PgDb, in_lists
+from executor.sql import Db, PgDb, in_lists, one_transaction
 from executor.storage import writing
 
 logger = logging.getLogger(__name__)
@@ -94,19 +94,12 @@ class OutboxNotes:
         if not seqs:
             return
         db = self._table.db
-        with writing(self._table.path, self._table.health):
-            db.execute("BEGIN")
-            try:
-                for chunk, marks in in_lists(seqs):
-                    db.execute(
-                        f"UPDATE outbox SET notes = NULL WHERE seq IN ({marks})",  # noqa: S608
-                        chunk,
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(Exception):  # the store's own error, either kind
-                    db.execute("ROLLBACK")
-                raise
+        with writing(self._table.path, self._table.health), one_transaction(db):
+            for chunk, marks in in_lists(seqs):
+                db.execute(
+                    f"UPDATE outbox SET notes = NULL WHERE seq IN ({marks})",  # noqa: S608
+                    chunk,
+                )
         self._committed_freeing()
 
     def notes_written(self, runs: Sequence[tuple[str, float]]) -> None:
