@@ -21,7 +21,7 @@ from executor.sandbox.limits import setting_problem
 
 # An environment file larger than this is a mistake (a credential is a line).
 MAX_ENV_FILE_BYTES: Final = 64 << 10
-# Variables a policy may not set: the sandbox's own (see process.child_environment).
+# Variables a policy may not set: the sandbox's own (see launch.child_environment).
 RESERVED_ENV: Final = frozenset({"PATH", "HOME", "TMPDIR", "CBEXEC_SANDBOX", "LD_PRELOAD"})
 
 

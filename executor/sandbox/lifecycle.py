@@ -4,7 +4,9 @@ A run ends early for two reasons only: its wall deadline, or a ``RunStop`` (the
 executor shutting down, the caller gone). Either way its child gets the same policy,
 ``terminate``: SIGTERM to its process group, a grace period to unwind (Python's
 ``finally`` blocks, Perl's exit report), then SIGKILL. The runner calls it from the one
-block that also kills what escaped the group and reaps the child (``process.py``).
+block that also kills what escaped the group and reaps the child (``ending.py``). A
+run's wait for its child (``wait_for_exit``, ``wait_for_end``) says which of the two
+ended it, if one did, in the run's evidence.
 
 A stop is a request, never a cancellation of the run's task: whatever waits on the
 run's behalf (a place in the queue, the child, a qube step) registers a wake-up with
@@ -21,8 +23,14 @@ import os
 import select
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from executor.sandbox import freezer
+
+if TYPE_CHECKING:
+    from executor.sandbox.exit_status import ChildExit
+    from executor.sandbox.spawners import ChildHandle
+    from executor.wall_deadline import WallDeadline
 
 
 class RunStop:
@@ -91,6 +99,53 @@ async def stoppable(stop: RunStop) -> AsyncIterator[None]:
         if not scope.expired():
             raise
         raise RunStopped(stop.reason) from None
+
+
+async def wait_for_exit(
+    handle: ChildHandle, deadline: WallDeadline, stop: RunStop, evidence: ChildExit
+) -> None:
+    """Until the main process exits, the wall deadline passes, or a stop."""
+    exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    handle.on_exit.append(on_exit)
+    if handle.exited.is_set():
+        on_exit()
+    await wait_for_end(exited, deadline, stop, evidence)
+
+
+async def wait_for_end(
+    ended: asyncio.Future[None],
+    deadline: WallDeadline,
+    stop: RunStop,
+    evidence: ChildExit,
+    last_look: Callable[[], bool] = lambda: False,
+) -> None:
+    """Until the main process exits or marks its end, the wall deadline passes, or a stop.
+
+    The deadline moves on by the time the executor itself was held up (``WallDeadline``):
+    a child waiting for a ``qb`` answer the held executor owed it gets it first.
+    ``last_look`` at the deadline takes what the child sent that the loop has not
+    handed over yet, and tells whether that marked its end: in time, not a timeout.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        # A cancel scope (asyncio.timeout), not wait_for: 3.11's wait_for can swallow
+        # a cancellation that races with the awaited event.
+        async with deadline.scope() as scope:
+            # A stop ends the wait at once, as the deadline would.
+            with stop.calling(lambda: scope.reschedule(loop.time())):
+                await ended
+    except TimeoutError:
+        if stop.requested:
+            evidence.stop_reason = stop.reason
+            return
+        # (``ended`` itself was cancelled with the wait: it cannot tell.)
+        if not last_look():
+            evidence.timed_out = True
 
 
 def has_ended(pid: int) -> bool:

@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 from executor.api import edge
-from executor.sandbox import cgroup, freezer, process, stuck_slots
+from executor.sandbox import cgroup, ending, freezer, stuck_slots
 from supervisor_client import RetryableError
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.conftest import Stack, running_stack, stack_settings
@@ -172,11 +172,11 @@ async def test_a_callback_that_cannot_be_thawed_is_answered_and_the_stop_ends(
             running = await started_callback(stack, SLEEPS, wall_seconds=1)
             held.freeze([p.pid for p in sandboxed_processes()])
             began = time.monotonic()
-            with caplog.at_level(logging.WARNING, logger=process.__name__):
+            with caplog.at_level(logging.WARNING, logger=ending.__name__):
                 response = await asyncio.wait_for(running, timeout=15)
 
             assert response.outcome == WALL_TIMEOUT, response.failure.message
-            assert time.monotonic() - began < 1 + 0.3 + process.KILL_WAIT_S + 1.5
+            assert time.monotonic() - began < 1 + 0.3 + ending.KILL_WAIT_S + 1.5
             (warning,) = [r.getMessage() for r in caplog.records if "SIGKILL" in r.getMessage()]
             assert "frozen by the cgroup freezer" in warning
             assert "its slot stays taken" in warning

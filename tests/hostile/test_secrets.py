@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from executor.sandbox.process import SANDBOX_MARKER
+from executor.sandbox.launch import SANDBOX_MARKER
 from tests.conftest import running_stack, stack_settings
 from tests.hostile.harness import Arena, Outcome, assert_outcome
 
