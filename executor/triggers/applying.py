@@ -29,7 +29,7 @@ from executor.triggers import (
     states,
 )
 from executor.triggers.conflicts import retrying
-from executor.triggers.decide import MAX_NEAR_MISSES, Decider, Decision
+from executor.triggers.decide import MAX_NEAR_MISSES, Decider, Decision, Judge
 from executor.triggers.deferred_writes import DeferredWrites
 from executor.triggers.evaluate import AtomKey, JobPlace, event_keys
 from executor.triggers.firings import own_queued
@@ -85,7 +85,7 @@ class EventApplier:
         *,
         clock: Callable[[], float],
         journal_limits: JournalLimits,
-        judge: Callable[[StoredCallback], tuple[str, bool]],
+        judge: Judge,
     ) -> None:
         """Apply events to ``store``; ``judge``: a firing's refusal (the engine's ``firing_refusal``)."""
         self._store = store

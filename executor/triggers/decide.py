@@ -59,6 +59,10 @@ from executor.triggers.store import LEVEL, PendingFiring, StoredCallback, Trigge
 
 MAX_NEAR_MISSES: Final = 16
 
+# Why a firing of a callback would be refused ("" when it runs), and whether it runs as a
+# shadow (``TriggerEngine.firing_refusal``).
+Judge = Callable[[StoredCallback], tuple[str, bool]]
+
 
 @dataclass(frozen=True, slots=True)
 class Fired:
@@ -116,7 +120,7 @@ class Decider:
         parsed: Callable[[str], Expr],
         group: GroupState | None = None,
         registering: bool = False,
-        judge: Callable[[StoredCallback], tuple[str, bool]] | None = None,
+        judge: Judge | None = None,
         submitted: Collection[int] = (),
     ) -> None:
         """Decide in ``db``'s open transaction (or, ``dry``, decide without writing).

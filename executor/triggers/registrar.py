@@ -21,7 +21,7 @@ from executor.model import Event
 from executor.sql import Db
 from executor.triggers import checks, journal, label_moves
 from executor.triggers.conflicts import retrying
-from executor.triggers.decide import Decider
+from executor.triggers.decide import Decider, Judge
 from executor.triggers.evaluate import JobPlace, atom_key, next_fire
 from executor.triggers.firings import own_queued
 from executor.triggers.items import callback_spent
@@ -92,7 +92,7 @@ class Registrar:
         universal: UniversalSet,
         labels: LabelClaims,
         refusal: Callable[[str, str], tuple[str, bool]],
-        judge: Callable[[StoredCallback], tuple[str, bool]],
+        judge: Judge,
         clock: Callable[[], float],
         journal_limits: JournalLimits,
     ) -> None:

@@ -22,7 +22,7 @@ from executor.model import Event
 from executor.sql import Db
 from executor.triggers import journal
 from executor.triggers.conflicts import retrying
-from executor.triggers.decide import Decider, Fired
+from executor.triggers.decide import Decider, Fired, Judge
 from executor.triggers.evaluate import clock_event, next_fire
 from executor.triggers.firings import own_queued
 from executor.triggers.items import callback_spent
@@ -52,7 +52,7 @@ class Timers:
         *,
         clock: Callable[[], float],
         journal_limits: JournalLimits,
-        judge: Callable[[StoredCallback], tuple[str, bool]],
+        judge: Judge,
         fired: Callable[[list[Fired], list[list[PendingFiring]], int], None],
     ) -> None:
         """The timers of ``store``.
