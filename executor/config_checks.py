@@ -364,17 +364,26 @@ def _check_smtp_timeout(settings: Settings) -> Iterator[str]:
 
 def _check_auth_token(settings: Settings) -> Iterator[str]:
     """A token clients can send: gRPC metadata carries printable ASCII only, and not much of it."""
-    token = settings.auth_token
+    if problem := _token_problem(
+        "auth_token",
+        settings.auth_token,
+        "which no client can send (gRPC metadata carries nothing else)",
+    ):
+        yield problem
+
+
+def _token_problem(name: str, token: str, unsendable: str) -> str:
+    """What is wrong with the token setting ``name`` ("" for nothing), never showing any of it.
+
+    ``unsendable``: why a character that is not printable ASCII cannot be sent.
+    """
     if token and not token.strip():
-        yield "auth_token: only whitespace; leave it empty for no token"
-        return
+        return f"{name}: only whitespace; leave it empty for no token"
     if bad := _not_ascii(token):
-        yield (
-            f"auth_token: character {bad} is not printable ASCII, which no client can send "
-            "(gRPC metadata carries nothing else)"
-        )
-    elif problem := token_length_problem(token.strip()):
-        yield f"auth_token: {problem}"
+        return f"{name}: character {bad} is not printable ASCII, {unsendable}"
+    if problem := token_length_problem(token.strip()):
+        return f"{name}: {problem}"
+    return ""
 
 
 def _not_ascii(token: str) -> int:
@@ -412,16 +421,10 @@ def _check_supervisor_link(settings: Settings) -> Iterator[str]:
             "supervisor_tls_cert: a client certificate is sent over TLS only: "
             "set supervisor_tls_ca too"
         )
-    token = settings.supervisor_token
-    if token and not token.strip():
-        yield "supervisor_token: only whitespace; leave it empty for no token"
-    elif bad := _not_ascii(token):
-        yield (
-            f"supervisor_token: character {bad} is not printable ASCII, which gRPC "
-            "metadata cannot carry"
-        )
-    elif problem := token_length_problem(token.strip()):
-        yield f"supervisor_token: {problem}"
+    if problem := _token_problem(
+        "supervisor_token", settings.supervisor_token, "which gRPC metadata cannot carry"
+    ):
+        yield problem
 
 
 def _check_store(settings: Settings) -> Iterator[str]:
