@@ -7,8 +7,10 @@ short items, or of 12,000 long names, a frame the child refuses (64 MiB): accept
 none of its callbacks could ever start. The child reads only the job's id from it.
 
 The 1,000,000-item Execute also took seconds of the event loop to check and convert:
-health checks meanwhile are each answered within ``PROMPT_S`` (a generous bound; on the
-loop they waited for the whole conversion, ~2.5 s here).
+health checks meanwhile each wait less than half of what that conversion costs, measured
+in the same run (on the loop they waited for the whole of it). A bound of the machine's
+own measure, not a fixed second: under the suite's load a round of checks that shares
+the GIL with the converting thread took over a second where the conversion took four.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ from pathlib import Path
 
 import pytest
 
+from executor.api import convert
+from executor.model import Limits
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 from tests.conftest import running_stack, stack_settings
 from tests.helpers.health import SERVING, health_status
 
 pytestmark = pytest.mark.service
 
-PROMPT_S = 1.0
 PRINT_JOB_ID = "import qb\nprint(qb.jobid())"
+LIMITS = Limits(10, 30, 512 << 20, 1 << 20, 64, 256 << 20)
 
 
 @pytest.mark.timeout(120)
@@ -36,6 +40,11 @@ async def test_an_execute_of_a_million_work_items_runs_and_holds_no_other_call(
 ) -> None:
     job = types_pb2.Job(id=77, user="alice")
     job.agenda.extend(types_pb2.WorkItem(name=str(n % 10)) for n in range(1_000_000))
+    request = executor_pb2.ExecuteRequest(context=executor_pb2.JobContext(job=job))
+    request.callback.language, request.callback.code = "python", PRINT_JOB_ID
+    convert_s = _timed(  # the hold the loop had when it converted the request itself
+        lambda: convert.invocation_from_request(request, default_limits=LIMITS, max_limits=LIMITS)
+    )
     async with running_stack(stack_settings(tmp_path / "data")) as stack:
         waits: list[float] = []
         answers: list[int] = []
@@ -60,8 +69,8 @@ async def test_an_execute_of_a_million_work_items_runs_and_holds_no_other_call(
             await checking
     assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED, response.failure
     assert response.stdout == "77\n"
-    slow = [round(wait, 2) for wait in waits if wait >= PROMPT_S]
-    assert not slow, f"health waited {slow} of {len(waits)} checks"
+    slow = [round(wait, 2) for wait in waits if wait >= convert_s / 2]
+    assert not slow, f"health waited {slow} of {len(waits)} checks; conversion {convert_s:.2f} s"
     assert len(waits) >= 5
     assert set(answers) == {SERVING}
 
