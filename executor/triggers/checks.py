@@ -453,16 +453,28 @@ def _work_problem(atom: Atom, where: Surroundings) -> str:
     if atom.extra in names:
         return ""
     absent = f"work '{atom.extra}' is not in the agenda of job {job_id} ({compact_names(agenda)})"
-    digits = atom.extra.isascii() and atom.extra.isdigit() and len(atom.extra) <= 18
-    index = int(atom.extra) if digits else len(agenda)  # int() refuses 4,300 digits
-    if index >= len(agenda):
+    number = _frame_number(atom.extra)
+    if number is None:
+        return absent
+    if same := next((item for item in agenda if _frame_number(item) == number), None):
+        # '01' for the frame named '1' (or '1' for '001'): the padding slipped, and the
+        # index hint below would name another frame.
+        return f"{absent}; did you mean '{same}'? (work items are matched by name, exactly)"
+    if number >= len(agenda):
         return absent
     # Qube's doc says "work id or work name"; names only here (an id would make a numeric
     # frame's atom ambiguous, README "Triggers and the event path"): say what was meant.
     return (
-        f"{absent}; work triggers name agenda items by name, not by index: item {index}"
-        f" is named '{agenda[index]}'"
+        f"{absent}; work triggers name agenda items by name, not by index: item {number}"
+        f" is named '{agenda[number]}'"
     )
+
+
+def _frame_number(name: str) -> int | None:
+    """The number a frame-like item name spells (``'001'`` is 1), else None."""
+    if name.isascii() and name.isdigit() and len(name) <= 18:  # int() refuses 4,300 digits
+        return int(name)
+    return None
 
 
 # -- the table ------------------------------------------------------------------------

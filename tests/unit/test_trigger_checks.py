@@ -74,6 +74,28 @@ def test_a_work_index_that_is_no_work_name_says_triggers_name_items_by_name(
     ]
 
 
+@pytest.mark.parametrize(
+    ("agenda", "extra", "item"),
+    [
+        (["1", "2", "3", "4"], "01", "1"),  # the index hint named '2'
+        (["1", "2", "3", "4"], "003", "3"),
+        (["001", "002"], "1", "001"),
+        (["0010", "render"], "10", "0010"),
+    ],
+)
+def test_a_frame_number_padded_otherwise_asks_for_the_frame_it_spells(
+    agenda: list[str], extra: str, item: str
+) -> None:
+    # Found by a probe: '01' on a frame agenda 1-4 was read as index 1, pointing at '2'.
+    where = Surroundings(OWNER, labels={"comp": 15}, agendas={15: agenda})
+    (problem,) = found(f"complete-work-self-{extra}", where)
+    assert problem[0] == CheckKind.UNKNOWN_WORK
+    assert problem[1].endswith(
+        f"; did you mean '{item}'? (work items are matched by name, exactly)"
+    ), problem[1]
+    assert "index" not in problem[1]
+
+
 def test_a_number_past_the_agenda_is_only_not_in_it() -> None:
     where = Surroundings(OWNER, labels={"comp": 15}, agendas={15: ["Initialize", "render"]})
     assert found("complete-work-self-2", where) == [
