@@ -10,6 +10,7 @@ wrong type first, then the checks of what the others mean (``config_checks``).
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -199,6 +200,17 @@ def from_env(settings: Settings, environ: Mapping[str, str]) -> Settings:
     return laid.settings
 
 
+def _from(given_by: Mapping[str, str], problem: str) -> str:
+    """``problem`` prefixed with its setting's source where that is not the file.
+
+    As a value's type problems are (``environment: ...``): a bad ``CBEXEC_AUTH_TOKEN``
+    must not send its reader to a config file whose token is fine.
+    """
+    setting = re.split(r"[:\s]", problem, maxsplit=1)[0]  # "auth_token", "limits.cpu_seconds"
+    origin = given_by.get(setting) or given_by.get(setting.split(".")[0], "")
+    return f"{origin}: {problem}" if origin else problem
+
+
 def layered(
     config_file: Path | None,
     environ: Mapping[str, str],
@@ -225,10 +237,15 @@ def layered(
         sources.append((read_toml(config_file), str(config_file), False, True))
     sources.append((env_values(environ), "environment", True, False))
     sources.append((flags, "flag", False, False))
+    given_by: dict[str, str] = {}  # each setting's source, where it is not the file
     for values, origin, text, typed in sources:
         laid = overlay(settings, values, origin, text=text, typed=typed)
         settings = laid.settings
         problems += laid.problems
+        named = origin if origin in ("environment", "flag") else ""
+        for key, raw in values.items():
+            leaves = [f"{key}.{sub}" for sub in raw] if isinstance(raw, Mapping) else [key]
+            given_by |= dict.fromkeys(leaves, named)
         # A setting a later source gives again is checked again if that value is taken.
         given = {
             f"{key}.{sub}" for key, raw in values.items() if isinstance(raw, Mapping) for sub in raw
@@ -236,7 +253,9 @@ def layered(
         refused = (refused - set(values) - given) | laid.refused
     if config_file is not None:
         settings = settings.replace(config_file=str(config_file))
-    problems += meaning_problems(settings, frozenset(refused))
+    problems += [
+        _from(given_by, problem) for problem in meaning_problems(settings, frozenset(refused))
+    ]
     if problems and beside is not None:
         problems += beside(settings, frozenset(refused))
     if problems:

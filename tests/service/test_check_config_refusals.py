@@ -317,7 +317,8 @@ async def test_an_ipv6_bind_without_brackets_is_refused_by_check_and_serve_alike
         )
         assert (said.code, said.err) == (
             2,
-            "cbexec: bind: address '::1:43240': write an IPv6 address in brackets, [IPv6]:PORT\n",
+            "cbexec: flag: bind: address '::1:43240': write an IPv6 address in brackets,"
+            " [IPv6]:PORT\n",
         ), check
 
 

@@ -956,7 +956,7 @@ def test_a_value_of_the_wrong_type_does_not_stop_the_checks_of_the_others(tmp_pa
         # max_limits.wall_seconds: its value was refused, so the default's 30 was never given.
         "max_queue: must be at most 4294967295 (GetMetrics carries it in 32 bits), got 4294967296",
         "launcher: expected zygote or cold, got 'tepid'",
-        "log_format: expected text or json, got 'xml'",
+        "environment: log_format: expected text or json, got 'xml'",
     ]
 
 
@@ -967,7 +967,32 @@ def test_a_later_source_that_gives_a_refused_setting_right_has_it_checked(tmp_pa
         config_sources.layered(toml, {"CBEXEC_MAX_QUEUE": "-1"}, {})
     assert str(caught.value).splitlines() == [
         f"{toml}: max_queue: expected a whole number, got 'x'",
+        "environment: max_queue: must be 0 or more, got -1",
+    ]
+
+
+def test_a_problem_names_the_environment_or_the_flag_that_gave_its_setting(
+    tmp_path: Path,
+) -> None:
+    # Probe 173: a bad CBEXEC_AUTH_TOKEN beside a good file token was "auth_token: ...",
+    # sending its reader to a file that is fine. The file's own problems stay unprefixed,
+    # and a table's setting is named by the source of that one entry.
+    toml = tmp_path / "cbexec.toml"
+    toml.write_text('auth_token = "fine"\nmax_queue = -1\n[max_limits]\nwall_seconds = 10\n')
+    with pytest.raises(ConfigError) as caught:
+        config_sources.layered(
+            toml,
+            {"CBEXEC_AUTH_TOKEN": "bad\ttoken", "CBEXEC_DEFAULT_LIMITS__CPU_SECONDS": "0"},
+            {"grace_seconds": -1.0},
+        )
+    assert str(caught.value).splitlines() == [
+        "environment: default_limits.cpu_seconds: must be positive",
+        # Its default's 30 (no source gave it) against the file's cap.
+        "default_limits.wall_seconds: 30 exceeds max_limits.wall_seconds 10.0",
+        "flag: grace_seconds: must be 0 or more, got -1",
         "max_queue: must be 0 or more, got -1",
+        "environment: auth_token: character 4 is not printable ASCII, which no client can send"
+        " (gRPC metadata carries nothing else)",
     ]
 
 
