@@ -24,7 +24,7 @@ from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
 from executor.triggers.nodes import Expr, atoms, per_work
 
 if TYPE_CHECKING:
-    from executor.triggers.store import StoredCallback
+    from executor.triggers.store_rows import StoredCallback
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS work_latches (
