@@ -16,7 +16,7 @@ The tables are the SQLite stores' own (one spelling, translated by ``sql.pg_ddl`
 trigger store's, the outbox's and the run history's, plus ``fleet_versions`` (what every
 replica must reload, e.g. the universal callbacks), ``execute_claims`` (the invocation ids
 of Executes in progress) and the sequence ``job_registrations``
-(SQLite keeps a counter row instead: store.SQLITE_REGISTRATION_COUNTER). The history's runs also keep their
+(SQLite keeps a counter row instead: store_schema.SQLITE_REGISTRATION_COUNTER). The history's runs also keep their
 size here (``size_bytes``, for its byte bound: an SQLite history reads its pages instead).
 """
 
@@ -85,13 +85,13 @@ def _steps() -> list[str]:
         event_ids,
         removals,
         states,
-        store,
+        store_schema,
     )
 
     return [
         pg_ddl(
-            store.FULL_SCHEMA
-            + store.LABEL_INDEXES
+            store_schema.FULL_SCHEMA
+            + store_schema.LABEL_INDEXES
             + outbox_table.SCHEMA
             + history.SCHEMA
             + FLEET_SCHEMA

@@ -33,7 +33,7 @@ from executor.sandbox.limits import merge
 from executor.triggers.decide import Fired
 from executor.triggers.nodes import GLOBAL_TYPES, EventName, EventType
 from executor.triggers.parsed import canonical_triggers, is_per_work
-from executor.triggers.store import LEVEL, StoredCallback
+from executor.triggers.store_rows import LEVEL, StoredCallback
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
 
 # It names the run in logs, `.cb` headers and reports: nothing there may break a line.

@@ -14,7 +14,7 @@ from executor.api import convert
 from executor.model import Outcome
 from executor.runs.metrics import Histogram, MetricsSnapshot
 from executor.triggers.parsed import canonical_triggers
-from executor.triggers.store import JobHead, StoredCallback
+from executor.triggers.store_rows import JobHead, StoredCallback
 from executor.triggers.universal import CONF_NAME, ReloadStatus, UniversalCallback
 from supervisor_client.qbcallback.v1 import executor_pb2
 

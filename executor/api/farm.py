@@ -47,7 +47,7 @@ from executor.host_api import WorkSelection, plain_work_names
 from executor.triggers.label_claims import Claims, LabelClaims
 from executor.triggers.parsed import check_trigger
 from executor.triggers.registration import check_language
-from executor.triggers.store import StoredCallback
+from executor.triggers.store_rows import StoredCallback
 from executor.triggers.store_space import Room
 from supervisor_client.jobdict import job_from_dict
 from supervisor_client.qbcallback.v1 import farm_pb2, farm_pb2_grpc, supervisor_pb2, types_pb2

@@ -9,13 +9,15 @@ group_commit (concurrent publishers share a transaction), decide (one event's
 decisions), deferred_writes (what a transaction writes once, at its end), group_reads,
 group_state and group_writes (on PostgreSQL a group's reads and writes: a statement per
 kind for the whole group), registration and registrar (a job's registration: its steps,
-and their transaction), store, items ({work} callbacks' per-item latches), journal (what
-each event did to each callback), near_misses, states (the last known state of jobs and
-work items), why (explanations), firings (the worker that runs what fired), fired_runs
-(each firing's run under its policy, or its refusal), results_of_record (what a waiting
-publisher gets for a firing run elsewhere or before), timers (clock atoms), conflicts
-(transactions run again after a lost deadlock), universal (callbacks.conf) and
-universal_set (the set loaded, and its lines' clocks).
+and their transaction), store (the durable state, tying together store_schema, store_rows,
+store_jobs, store_callbacks, store_firings, store_timers, store_sightings and store_space),
+items ({work} callbacks' per-item latches), journal (what each event did to each
+callback), near_misses, states (the last known state of jobs and work items), why
+(explanations), firings (the worker that runs what fired), fired_runs (each firing's run
+under its policy, or its refusal), results_of_record (what a waiting publisher gets for
+a firing run elsewhere or before), timers (clock atoms), conflicts (transactions run
+again after a lost deadlock), universal (callbacks.conf) and universal_set (the set
+loaded, and its lines' clocks).
 The gRPC edge is executor/api/triggers.py.
 """
 

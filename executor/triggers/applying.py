@@ -37,7 +37,8 @@ from executor.triggers.group_state import GroupState
 from executor.triggers.journal import JournalLimits, SeenEvent
 from executor.triggers.nodes import EventName, EventType, per_work
 from executor.triggers.parsed import parsed
-from executor.triggers.store import StoredCallback, TriggerStore
+from executor.triggers.store import TriggerStore
+from executor.triggers.store_rows import StoredCallback
 
 
 def _removes_job(event: Event) -> bool:

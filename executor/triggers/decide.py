@@ -55,7 +55,8 @@ from executor.triggers.nodes import (
     render_cut,
     substitute_all,
 )
-from executor.triggers.store import LEVEL, PendingFiring, StoredCallback, TriggerStore
+from executor.triggers.store import TriggerStore
+from executor.triggers.store_rows import LEVEL, PendingFiring, StoredCallback
 
 MAX_NEAR_MISSES: Final = 16
 

@@ -23,9 +23,9 @@ from typing import Final
 from executor.sql import Db, PgDb
 from executor.triggers import event_ids
 from executor.triggers.decide import Fired
-from executor.triggers.store import EDGE, StoredCallback
+from executor.triggers.store_rows import EDGE, StoredCallback
 
-# Created with the table on SQLite (store.py); a fleet's PostgreSQL gets them at migrate.
+# Created with the table on SQLite (store_schema.py); a fleet's PostgreSQL gets them at migrate.
 PG_COLUMN: Final = (
     "ALTER TABLE seen_events ADD COLUMN IF NOT EXISTS fired_json TEXT NOT NULL DEFAULT '';"
 )

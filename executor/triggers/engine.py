@@ -77,7 +77,8 @@ from executor.triggers.parsed import parsed
 from executor.triggers.registrar import Registrar
 from executor.triggers.registration import Registration
 from executor.triggers.results_of_record import InTurn, ResultsOfRecord
-from executor.triggers.store import PendingFiring, StoredCallback, TriggerStore
+from executor.triggers.store import TriggerStore
+from executor.triggers.store_rows import PendingFiring, StoredCallback
 from executor.triggers.universal import CodeCheck, ReloadStatus, UniversalCallback, no_code_check
 from executor.triggers.universal_set import UniversalSet
 from executor.triggers.why import JobExplanation

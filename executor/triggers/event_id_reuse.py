@@ -38,7 +38,7 @@ from executor.visible_text import visible
 
 # The bytes of an event's fingerprint (the first of its SHA-256).
 FINGERPRINT_BYTES: Final = 8
-# A fleet's PostgreSQL gets the column at ``cbexec store migrate`` (SQLite: store.py).
+# A fleet's PostgreSQL gets the column at ``cbexec store migrate`` (SQLite: store_schema.py).
 # Nullable, no default: added without rewriting the table, and the rows already there,
 # and those a replica of an earlier version inserts, read as unknown.
 PG_COLUMN: Final = "ALTER TABLE seen_events ADD COLUMN IF NOT EXISTS fingerprint BYTEA;"

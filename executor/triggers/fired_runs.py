@@ -16,7 +16,8 @@ from typing import Protocol
 from executor.errors import NotFoundError
 from executor.model import CallbackSpec, Invocation, Limits, RunResult
 from executor.policies import JOB, UNIVERSAL, Policy, PolicySet, language_refusal
-from executor.triggers.store import PendingFiring, StoredCallback, TriggerStore
+from executor.triggers.store import TriggerStore
+from executor.triggers.store_rows import PendingFiring, StoredCallback
 from executor.triggers.universal_set import UniversalSet
 
 

@@ -84,7 +84,8 @@ from executor.plurals import counted
 from executor.runs.outbox import Backoff
 from executor.sql import Db
 from executor.supervisor_link import SupervisorReachability
-from executor.triggers.store import PendingFiring, TriggerStore
+from executor.triggers.store import TriggerStore
+from executor.triggers.store_rows import PendingFiring
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from executor.triggers import event_ids
 from executor.triggers.evaluate import AtomKey, JobPlace
 from executor.triggers.items import WorkState
 from executor.triggers.near_misses import UNRESOLVED
-from executor.triggers.store import StoredCallback
+from executor.triggers.store_rows import StoredCallback
 
 
 @dataclass(frozen=True, slots=True)

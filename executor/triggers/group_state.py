@@ -21,7 +21,7 @@ from executor.triggers import group_writes, items
 from executor.triggers.group_reads import WorkContext
 from executor.triggers.items import WorkState
 from executor.triggers.journal import SeenEvent, marks_to_json
-from executor.triggers.store import PendingFiring, StoredCallback
+from executor.triggers.store_rows import PendingFiring, StoredCallback
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Work-item latches of ``{work}`` callbacks: one row per item an event has touched.
 
-A ``{work}`` callback is stored once (store.py); each of its work items has its own
+A ``{work}`` callback is stored once (store_callbacks.py); each of its work items has its own
 latch vector, the events that set its latches, and its count. An item no event has
 touched has no row (``WorkState.fresh``), so registering a job of 10,000 frames writes
 nothing here, and an event reads the one row of the item it names, by primary key.
@@ -24,7 +24,7 @@ from executor.triggers.journal import SeenEvent, marks_from_json, marks_to_json
 from executor.triggers.nodes import Expr, atoms, per_work
 
 if TYPE_CHECKING:
-    from executor.triggers.store import StoredCallback
+    from executor.triggers.store_rows import StoredCallback
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS work_latches (

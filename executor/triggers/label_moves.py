@@ -35,7 +35,8 @@ from executor.triggers.nodes import (
     render_atom,
     substitute_all,
 )
-from executor.triggers.store import StoredCallback, TriggerStore
+from executor.triggers.store import TriggerStore
+from executor.triggers.store_rows import StoredCallback
 
 _NAMES: Final = tuple(sorted(name.value for name in EventName))
 _TYPES: Final = (EventType.JOB.value, EventType.WORK.value, EventType.SUBJOB.value)

@@ -5,7 +5,7 @@ ones an event would have matched but for that (name, type and extra match): atom
 the event's own pgrp whose label no job there holds (a typo, or a job not registered
 yet), and atoms of other pgrps naming the event's job's label that does not resolve in
 their own pgrp (the job landed in another pgrp). Both walk the partial indexes on the
-label atoms (store.py), with the keys' names and extras as IN lists, and stop at a limit.
+label atoms (store_schema.py), with the keys' names and extras as IN lists, and stop at a limit.
 Whether a job holds an atom's label is a lookup in the index of the jobs' labels
 (``UNRESOLVED``), so an event costs the same however many jobs are registered.
 """

@@ -38,7 +38,8 @@ from executor.triggers.registration import (
     surroundings,
     take_registration,
 )
-from executor.triggers.store import LEVEL, NewAtom, PendingFiring, StoredCallback, TriggerStore
+from executor.triggers.store import TriggerStore
+from executor.triggers.store_rows import LEVEL, NewAtom, PendingFiring, StoredCallback
 from executor.triggers.universal_set import UniversalSet
 
 

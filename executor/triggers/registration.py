@@ -47,7 +47,8 @@ from executor.triggers.nodes import (
     per_work,
     substitute_all,
 )
-from executor.triggers.store import EDGE, LEVEL, MODES, StoredCallback, TriggerStore
+from executor.triggers.store import TriggerStore
+from executor.triggers.store_rows import EDGE, LEVEL, MODES, StoredCallback
 from executor.triggers.universal import (
     LineName,
     UniversalCallback,

@@ -29,7 +29,8 @@ from executor.triggers.items import callback_spent
 from executor.triggers.journal import EntryKind, JournalLimits, SeenEvent
 from executor.triggers.nodes import render_atom
 from executor.triggers.parsed import parsed
-from executor.triggers.store import PendingFiring, StoredCallback, TriggerStore
+from executor.triggers.store import TriggerStore
+from executor.triggers.store_rows import PendingFiring, StoredCallback
 
 logger = logging.getLogger(__name__)
 

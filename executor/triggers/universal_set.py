@@ -26,7 +26,8 @@ from executor.triggers.conflicts import retrying
 from executor.triggers.evaluate import next_fire
 from executor.triggers.items import callback_spent
 from executor.triggers.parsed import check_trigger, parsed, trigger_warnings
-from executor.triggers.store import StoredCallback, TriggerStore
+from executor.triggers.store import TriggerStore
+from executor.triggers.store_rows import StoredCallback
 from executor.triggers.universal import (
     CodeCheck,
     LineName,

@@ -50,7 +50,8 @@ from executor.triggers.nodes import (
     render_atom,
     substitute_all,
 )
-from executor.triggers.store import EDGE, StoredCallback, TriggerStore
+from executor.triggers.store import TriggerStore
+from executor.triggers.store_rows import EDGE, StoredCallback
 from executor.visible_text import printable
 
 # Up to this many work items holding latches are explained one by one (with their atoms

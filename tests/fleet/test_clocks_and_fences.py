@@ -18,7 +18,8 @@ from executor import errors
 from executor.model import Event
 from executor.runs.invocation_ids import FleetIds
 from executor.runs.outbox import Outbox
-from executor.triggers.store import PendingFiring, StoredCallback, TriggerStore
+from executor.triggers.store import TriggerStore
+from executor.triggers.store_rows import PendingFiring, StoredCallback
 from tests.fleet.test_fleet_ids import CountingConnection, claims_and_results
 from tests.fleet.test_store import RecordingReceiver
 

@@ -11,7 +11,8 @@ from executor.model import Event
 from executor.sql import Db, PgDb
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.event_ids import key as id_key
-from executor.triggers.store import FULL_SCHEMA, SQLITE_REGISTRATION_COUNTER, TriggerStore
+from executor.triggers.store import TriggerStore
+from executor.triggers.store_schema import FULL_SCHEMA, SQLITE_REGISTRATION_COUNTER
 
 # Qube's clock counts from 2000-01-01 (local midnight on the farm's machines).
 _QUBE_EPOCH = 946702800

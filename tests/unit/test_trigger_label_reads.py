@@ -2,7 +2,7 @@
 
 An event's near misses are the label atoms of its pgrp (and of others naming its job's
 label) that no job holds; a registration's checks look up the labels its atoms name.
-Each is an index lookup per atom (store.py's partial indexes): registering more jobs,
+Each is an index lookup per atom (store_schema.py's partial indexes): registering more jobs,
 elsewhere or in the same pgrp, leaves the work of one event or one registration as it
 was. The work is counted in SQLite's virtual machine steps, which a given plan on given
 rows takes the same number of every time (a table scan's grow with the table).
