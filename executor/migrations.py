@@ -12,7 +12,7 @@ A database that holds something else is refused as it is, before anything is cha
 a ``cbexec_schema`` that is not the one every version of ``migrate`` made (its columns),
 or one whose recorded version lacks the tables that version has (``_MADE_BY_STEP``).
 
-The tables are the SQLite stores' own (one spelling, translated by ``sql.pg_ddl``): the
+The tables are the SQLite stores' own (one spelling, translated by ``pg_spelling.pg_ddl``): the
 trigger store's, the outbox's and the run history's, plus ``fleet_versions`` (what every
 replica must reload, e.g. the universal callbacks), ``execute_claims`` (the invocation ids
 of Executes in progress) and the sequence ``job_registrations``

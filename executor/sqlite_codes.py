@@ -1,7 +1,7 @@
 """SQLite's result codes: the primary code of an error, and the lock codes told apart.
 
-Apart from ``storage`` (which judges what a code means for the service) so that the
-checkpoint code ``storage`` itself uses can read them too.
+Apart from ``storage_failures`` (which judges what a code means for the service) so that
+the checkpoint code ``storage_health`` uses can read them too.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from urllib.parse import unquote, urlsplit
 logger = logging.getLogger(__name__)
 
 # SQLite's extended code for a failed mapping of the -shm (SQLITE_IOERR_SHMMAP): an I/O
-# error to everything that judges codes (``storage.is_storage_failure``).
+# error to everything that judges codes (``storage_failures.is_storage_failure``).
 SQLITE_IOERR_SHMMAP: Final = 10 | (21 << 8)
 
 # Linux's access(2) can ask as the effective user (the one SQLite opens files as).

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from executor import storage
+from executor import storage_health
 from supervisor_client import RetryableError
 from tests.conftest import running_stack, stack_settings
 from tests.helpers.waiting import eventually
@@ -28,7 +28,7 @@ DELETED = "the database was deleted while the executor ran"
 async def test_events_registrations_and_fired_runs_are_refused_once_the_data_dir_is_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(storage, "WATCH_INTERVAL_S", 0.05)
+    monkeypatch.setattr(storage_health, "WATCH_INTERVAL_S", 0.05)
     caplog.set_level(logging.INFO)
     data = tmp_path / "data"
     async with running_stack(stack_settings(data, max_concurrent=1)) as stack:

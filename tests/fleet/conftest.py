@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from executor import sql
+from executor import pg_stalls
 from executor.migrations import migrate
 from executor.triggers.engine import TriggerEngine
 from executor.triggers.store import TriggerStore
@@ -66,4 +66,4 @@ async def engines(either_store: str) -> AsyncIterator[MakeEngine]:
 @pytest.fixture
 def unanswered_reset(monkeypatch: pytest.MonkeyPatch) -> None:
     """Another test's cut-off must not make this one's statements fail at once."""
-    monkeypatch.setattr(sql._watchdog, "unanswered_at", float("-inf"))
+    monkeypatch.setattr(pg_stalls._watchdog, "unanswered_at", float("-inf"))

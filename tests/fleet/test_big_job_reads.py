@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from executor import sql
+from executor import pg_stalls
 from executor.api.triggers import TriggerServicer
 from supervisor_client.qbcallback.v1 import executor_pb2
 from tests.helpers.servicer_context import FakeContext, as_context
@@ -75,7 +75,7 @@ async def test_reading_a_big_job_holds_the_loop_far_less_than_parsing_it(
     with monkeypatch.context() as setup:
         # Storing the rows is the setup, not what is measured: on a loaded CI machine their
         # statement passed the store's 5 s answer deadline (its watchdog cut it).
-        setup.setattr(sql, "ANSWER_DEADLINE_S", 60.0)
+        setup.setattr(pg_stalls, "ANSWER_DEADLINE_S", 60.0)
         engine.register_job({**big, "agenda": agenda})
     engine.register_job(job(6, label="other", pgrp=5))
     store = engine.store

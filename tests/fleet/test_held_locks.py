@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from executor import sql
+from executor import pg_stalls
 from executor.errors import UnavailableError
 from executor.model import Event
 from executor.runs.invocation_ids import FleetIds
@@ -63,7 +63,7 @@ async def engine_and_health(
 def test_a_lock_wait_ends_as_a_lock_timeout_well_before_the_watchdog() -> None:
     # Equal, the watchdog sometimes won the race and cut the connection as a frozen
     # server's: every statement of the replica then failed for UNANSWERED_QUIET_S.
-    assert sql.LOCK_TIMEOUT_S <= sql.ANSWER_DEADLINE_S / 2
+    assert pg_stalls.LOCK_TIMEOUT_S <= pg_stalls.ANSWER_DEADLINE_S / 2
 
 
 async def test_a_row_lock_held_by_another_session_fails_only_the_events_that_need_it(
@@ -84,9 +84,11 @@ async def test_a_row_lock_held_by_another_session_fails_only_the_events_that_nee
     assert not isinstance(locked, StoreUnavailable), "a held lock is no outage"
     assert "lock" in str(locked)
     assert not isinstance(free, BaseException), free
-    assert took < 3 * sql.LOCK_TIMEOUT_S + 1.0
+    assert took < 3 * pg_stalls.LOCK_TIMEOUT_S + 1.0
     assert health.problem == "", "one held row lock marked the whole storage degraded"
-    assert sql._watchdog.unanswered_at == float("-inf"), "a lock wait was cut as a frozen server"
+    assert pg_stalls._watchdog.unanswered_at == float("-inf"), (
+        "a lock wait was cut as a frozen server"
+    )
     # A later event of the free job waits for no lock either.
     started = time.monotonic()
     await engine.publish(Event("running", "job", FREE_JOB, event_id="free-2"), wait=False)
@@ -108,9 +110,9 @@ async def test_the_outbox_locked_whole_fails_a_commit_after_the_lock_timeout_onc
         with pytest.raises(UnavailableError, match="lock") as refused:
             await outbox.commit("locked-table-1", b"report")
         # Once: not tried again as a dropped connection is, nor cut as a frozen server.
-        assert time.monotonic() - started < sql.LOCK_TIMEOUT_S + 1.0
+        assert time.monotonic() - started < pg_stalls.LOCK_TIMEOUT_S + 1.0
         assert not isinstance(refused.value, StoreUnavailable)
-        assert sql._watchdog.unanswered_at == float("-inf")
+        assert pg_stalls._watchdog.unanswered_at == float("-inf")
         # No result can be recorded while it is held: NOT_SERVING (Executes are refused
         # before they run) until the probe's write goes through.
         assert "lock" in health.problem
@@ -153,7 +155,7 @@ def test_an_execute_claim_under_a_table_lock_waits_the_lock_timeout_once(
         started = time.monotonic()
         with pytest.raises(StoreLockTimeout):
             ids.claim("locked-claim")
-        assert time.monotonic() - started < sql.LOCK_TIMEOUT_S + 1.0
+        assert time.monotonic() - started < pg_stalls.LOCK_TIMEOUT_S + 1.0
         assert connection.statements == [connection.statements[0]]  # the claim, alone
         admin.execute("ROLLBACK")
         assert ids.claim("locked-claim").claimed

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from executor import sql
+from executor import pg_stalls
 from executor.errors import UnavailableError
 from executor.model import Event
 from executor.sql import PgDb, StoreLockTimeout, StoreUnavailable, connect_postgres
@@ -87,8 +87,8 @@ async def test_a_group_meeting_locked_jobs_applies_the_others_after_one_wait(
         assert not isinstance(by_job[job_id], StoreUnavailable), "a held lock is no outage"
     # One lock timeout, and a moment per locked job: before, 2 s more for each (22 s).
     slowest_free = max(answered[job_id] for job_id in FREE_JOBS)
-    assert slowest_free < sql.LOCK_TIMEOUT_S + 2.0, answered
-    assert max(answered.values()) < sql.LOCK_TIMEOUT_S + 2.0, answered
+    assert slowest_free < pg_stalls.LOCK_TIMEOUT_S + 2.0, answered
+    assert max(answered.values()) < pg_stalls.LOCK_TIMEOUT_S + 2.0, answered
     holder.execute("ROLLBACK")
     # The refused events, resent once the locks are let go, are applied.
     for job_id in LOCKED_JOBS:
@@ -99,7 +99,7 @@ def test_the_replicas_sessions_end_when_idle_in_a_transaction(pg_url: str, holde
     replica = connect_postgres(pg_url, application_name="replica")
     try:
         shown = replica.execute("SHOW idle_in_transaction_session_timeout").fetchone()[0]
-        assert shown == f"{round(sql.IDLE_IN_TRANSACTION_S)}s"
+        assert shown == f"{round(pg_stalls.IDLE_IN_TRANSACTION_S)}s"
     finally:
         replica.close()
 
@@ -108,7 +108,7 @@ def test_the_server_ends_a_session_idle_in_its_transaction_and_its_locks_go(
     pg_url: str, holder: PgDb, monkeypatch: pytest.MonkeyPatch, unanswered_reset: None
 ) -> None:
     # A shorter timeout than the replicas' own, so that the test does not wait it out.
-    monkeypatch.setattr(sql, "IDLE_IN_TRANSACTION_S", 1.0)
+    monkeypatch.setattr(pg_stalls, "IDLE_IN_TRANSACTION_S", 1.0)
     replica = connect_postgres(pg_url, application_name="replica")
     try:
         replica.execute("BEGIN")

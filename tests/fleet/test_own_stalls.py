@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from executor import sql
+from executor import pg_stalls
 
 pytestmark = pytest.mark.service
 
 # A replica's store connection, running statements that each take a moment, back to back.
 STATEMENT_LOOP = """
 import json, sys, time
-from executor import sql
+from executor import pg_stalls, sql
 from executor.errors import UnavailableError
 db = sql.connect_postgres(sys.argv[1])
 errors, count, until = [], 0, time.monotonic() + float(sys.argv[2])
@@ -38,10 +38,10 @@ while time.monotonic() < until:
         if len(errors) < 3:  # one cut fails every statement for a while after
             errors.append(str(err))
 print(json.dumps({"count": count, "errors": errors,
-                  "cut": sql._watchdog.unanswered_at != float("-inf")}), flush=True)
+                  "cut": pg_stalls._watchdog.unanswered_at != float("-inf")}), flush=True)
 """
 
-STALL_S = sql.ANSWER_DEADLINE_S + 2.0
+STALL_S = pg_stalls.ANSWER_DEADLINE_S + 2.0
 STALLS = 3
 
 

@@ -16,7 +16,7 @@ from typing import Final
 
 import pytest
 
-from executor import sql
+from executor import pg_connect, pg_stalls
 from executor.errors import ConfigError
 from executor.migrations import _steps, current_version, migrate, schema_version
 from executor.model import CallbackSpec, Invocation, Outcome
@@ -624,9 +624,9 @@ def test_a_server_that_stops_answering_is_unavailable_not_a_hang(
 ) -> None:
     # Found by fault injection: a frozen PostgreSQL keeps TCP alive and its own
     # statement_timeout never runs, so a statement on the event loop waited for ever.
-    monkeypatch.setattr(sql, "ANSWER_DEADLINE_S", 1.0)
-    monkeypatch.setattr(sql, "UNANSWERED_QUIET_S", 2.0)
-    monkeypatch.setattr(sql._watchdog, "unanswered_at", float("-inf"))
+    monkeypatch.setattr(pg_stalls, "ANSWER_DEADLINE_S", 1.0)
+    monkeypatch.setattr(pg_stalls, "UNANSWERED_QUIET_S", 2.0)
+    monkeypatch.setattr(pg_stalls._watchdog, "unanswered_at", float("-inf"))
     db = connect_postgres(pg_url)
     postmaster = int((postgres.data / "postmaster.pid").read_text().split()[0])
     try:
@@ -655,7 +655,7 @@ def test_a_server_that_stops_answering_is_unavailable_not_a_hang(
                 db.execute("SELECT 1")
             with pytest.raises(StoreUnavailable):
                 db.execute("SELECT 1")
-            assert time.monotonic() - started < 1.0 + 2.0 + 2 * sql.RECONNECT_WAIT_S + 1.5
+            assert time.monotonic() - started < 1.0 + 2.0 + 2 * pg_connect.RECONNECT_WAIT_S + 1.5
 
         def answers() -> bool:
             try:

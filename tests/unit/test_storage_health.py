@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from executor import storage
+from executor import storage, storage_health
 from executor.storage import DatabaseLocked, StorageError, StorageHealth, writing
 from tests.helpers.waiting import eventually
 
@@ -177,8 +177,8 @@ async def test_a_database_deleted_under_the_executor_degrades_it_until_a_restart
     # Health stayed SERVING and the stop promised the results it held "after the next
     # start", which then had an empty database (probe 61).
     db, path = database
-    monkeypatch.setattr(storage, "WATCH_INTERVAL_S", 0.05)
-    monkeypatch.setattr(storage, "PROBE_INTERVAL_S", 0.05)
+    monkeypatch.setattr(storage_health, "WATCH_INTERVAL_S", 0.05)
+    monkeypatch.setattr(storage_health, "PROBE_INTERVAL_S", 0.05)
     health = StorageHealth(path.parent)
     health.watch([path, path.parent / "runs.db"])  # runs.db not made: nothing to watch
     degraded = asyncio.Event()
@@ -213,7 +213,7 @@ async def test_a_database_deleted_while_degraded_is_said_instead(
     database: tuple[sqlite3.Connection, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, path = database
-    monkeypatch.setattr(storage, "PROBE_INTERVAL_S", 0.05)
+    monkeypatch.setattr(storage_health, "PROBE_INTERVAL_S", 0.05)
     health = StorageHealth(path.parent)
     health.watch([path])
     said = asyncio.Event()
@@ -239,8 +239,8 @@ async def test_a_shm_made_immutable_degrades_it_within_a_watch_until_it_is_writa
     db, path = database
     db.execute("INSERT INTO t VALUES (1)")
     shm = Path(f"{path}-shm")
-    monkeypatch.setattr(storage, "WATCH_INTERVAL_S", 0.05)
-    monkeypatch.setattr(storage, "PROBE_INTERVAL_S", 0.05)
+    monkeypatch.setattr(storage_health, "WATCH_INTERVAL_S", 0.05)
+    monkeypatch.setattr(storage_health, "PROBE_INTERVAL_S", 0.05)
     health = StorageHealth(path.parent)
     health.watch([path])
     prober = asyncio.get_running_loop().create_task(health.probe_forever())
