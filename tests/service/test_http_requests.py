@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from supervisor_client import ExecutorClient
+from supervisor_client.credentials import MAX_TOKEN_CHARS
 from tests.conftest import Stack, running_stack
 from tests.helpers.waiting import eventually
 from tests.service.test_http import TOKEN, http_settings, raw_exchange
@@ -25,6 +26,7 @@ from tests.service.test_http import TOKEN, http_settings, raw_exchange
 pytestmark = pytest.mark.service
 
 SMUGGLED = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
+FORM_TYPE = "application/x-www-form-urlencoded"
 CHUNKED = b"%x\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n0\r\n\r\n"
 
 
@@ -238,12 +240,29 @@ async def test_signing_in_from_a_run_s_link_lands_on_that_run(tmp_path: Path) ->
                     "POST",
                     "/login",
                     form,
-                    **{"Content-Type": "application/x-www-form-urlencoded"},
+                    **{"Content-Type": FORM_TYPE},
                 )
                 assert (status, headers["Location"]) == (303, target), invocation_id
             cookie = headers["Set-Cookie"].split(";", 1)[0]
             status, _, page = await asyncio.to_thread(_http, port, "GET", link, Cookie=cookie)
             assert status == 200 and html.escape(invocation_id) in page, invocation_id
+
+
+async def test_the_longest_token_signs_in_as_a_browser_sends_it(tmp_path: Path) -> None:
+    # Probe 173: only the form's first 4096 bytes were read, and a browser writes each
+    # '+' or '/' of a token as three: tokens the settings take were refused here.
+    token = ("+/" * MAX_TOKEN_CHARS)[:MAX_TOKEN_CHARS]
+    async with running_stack(http_settings(tmp_path, auth_token=token)) as web:
+        port = web.running.http_port or 0
+        form = urllib.parse.urlencode({"token": token, "next": "/runs"})
+        assert len(form) > 3 * MAX_TOKEN_CHARS
+        status, headers, _ = await asyncio.to_thread(
+            _http, port, "POST", "/login", form, **{"Content-Type": FORM_TYPE}
+        )
+        assert (status, headers["Location"]) == (303, "/runs")
+        cookie = headers["Set-Cookie"].split(";", 1)[0]
+        status, _, _ = await asyncio.to_thread(_http, port, "GET", "/runs", Cookie=cookie)
+        assert status == 200
 
 
 async def test_sign_in_s_way_back_stays_on_this_server(tmp_path: Path) -> None:
