@@ -26,7 +26,7 @@ A store chosen by the ``store`` setting: empty means SQLite files in the data di
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Sized
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any, Final, Protocol, TypeVar
 
@@ -139,11 +139,16 @@ _V = TypeVar("_V")
 IN_LIST_VALUES: Final = 500
 
 
+def marks_for(values: Sized) -> str:
+    """``?, ?, ...``: a parameter mark for each of ``values`` (an ``IN`` list, a row)."""
+    return ", ".join("?" * len(values))
+
+
 def in_lists(values: Sequence[_V]) -> Iterator[tuple[list[_V], str]]:
     """``values`` in parts of at most ``IN_LIST_VALUES``, each with its ``?, ?, ...`` marks."""
     for start in range(0, len(values), IN_LIST_VALUES):
         part = list(values[start : start + IN_LIST_VALUES])
-        yield part, ", ".join("?" * len(part))
+        yield part, marks_for(part)
 
 
 @contextmanager

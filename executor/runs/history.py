@@ -68,7 +68,7 @@ from executor.runs.history_size import (
 from executor.runs.latest import latest_per_key
 from executor.runs.paging import RunFilters, RunKey
 from executor.runs.sqlite_checkpoints import BackgroundCheckpoints
-from executor.sql import Db, NoCheckpoints, PgDb, Row, in_lists, is_postgres
+from executor.sql import Db, NoCheckpoints, PgDb, Row, in_lists, is_postgres, marks_for
 from executor.storage import StorageHealth, open_database, opening, reading, writing
 
 logger = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def _insert(columns: tuple[str, ...], runs: int) -> str:
     of a fleet may run one id at once, and the one that ended last is the supervisor's
     result too (``ReportResultRequest.ended_at``), whichever history write comes last.
     """
-    values = "(" + ",".join("?" * len(columns)) + ")"
+    values = f"({marks_for(columns)})"
     replace = ", ".join(f"{column} = excluded.{column}" for column in columns[1:])
     return (
         f"INSERT INTO runs ({', '.join(columns)}) VALUES {', '.join([values] * runs)}"  # noqa: S608 - our columns; values bound

@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from executor.model import Event
 from executor.plurals import counted
-from executor.sql import Db, Row, in_lists
+from executor.sql import Db, Row, in_lists, marks_for
 
 SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS journal (
@@ -267,10 +267,9 @@ def follow_callbacks(
     if moved:
         # One statement: ids may swap (lines reordered), which a statement per id would mix.
         cases = " ".join("WHEN ? THEN ?" for _ in moved)
-        marks = ", ".join("?" * len(moved))
         db.execute(
             f"UPDATE journal SET callback_id = CASE callback_id {cases} END"  # noqa: S608 - marks only
-            f" WHERE job_id = ? AND callback_id IN ({marks})",
+            f" WHERE job_id = ? AND callback_id IN ({marks_for(moved)})",
             (*(n for pair in moved.items() for n in pair), job_id, *moved),
         )
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from executor.model import Event
-from executor.sql import Db, row_lock
+from executor.sql import Db, marks_for, row_lock
 from executor.triggers import items, removals
 from executor.triggers.evaluate import JobPlace, scopes_of
 from executor.triggers.items import WorkState
@@ -96,8 +96,8 @@ def release(
     rows = db.execute(
         "SELECT a.slot AS atom_slot, a.scope AS atom_scope, c.* FROM atoms a"  # noqa: S608 - marks only
         " JOIN callbacks c ON c.rowid = a.callback_rowid"
-        f" WHERE a.name IN ({_marks(_NAMES)}) AND a.type IN ({_marks(_TYPES)})"
-        f" AND a.scope IN ({_marks(scopes)}) ORDER BY c.rowid"
+        f" WHERE a.name IN ({marks_for(_NAMES)}) AND a.type IN ({marks_for(_TYPES)})"
+        f" AND a.scope IN ({marks_for(scopes)}) ORDER BY c.rowid"
         f"{' FOR UPDATE OF c' if row_lock(db) else ''}",
         (*_NAMES, *_TYPES, *scopes),
     ).fetchall()
@@ -160,10 +160,6 @@ def _entry(
         reason="; ".join(dict.fromkeys(reasons.values())),
         per_item=bool(work_name),
     )
-
-
-def _marks(values: tuple[str, ...] | list[str]) -> str:
-    return ",".join("?" * len(values))
 
 
 __all__ = ["release"]

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from executor.sql import Db
+from executor.sql import Db, marks_for
 from executor.triggers.evaluate import AtomKey
 
 # That no job of the atom ``a``'s pgrp holds its label: one lookup in the partial index
@@ -76,8 +76,8 @@ def in_pgrp_subquery(
     return (
         "(SELECT coalesce(json_agg(json_build_array(a.callback_rowid, a.slot, a.pgrp, a.label,"  # noqa: S608
         " a.name, a.extra)), '[]') FROM (SELECT * FROM atoms a"
-        f" WHERE a.pgrp = {pgrp_column} AND a.type = ? AND a.name IN ({_marks(names)})"
-        f" AND a.extra IN ({_marks(extras)}) AND a.label != ''"
+        f" WHERE a.pgrp = {pgrp_column} AND a.type = ? AND a.name IN ({marks_for(names)})"
+        f" AND a.extra IN ({marks_for(extras)}) AND a.label != ''"
         f" AND {UNRESOLVED} LIMIT ?) AS a)",
         (type_, *names, *extras, limit),
     )
@@ -92,10 +92,6 @@ def refs_from_json(found: Sequence[Sequence[Any]], keys: Iterable[AtomKey]) -> l
         for r in found
         if (r[4], type_, r[5]) in triples
     ]
-
-
-def _marks(values: Sequence[object]) -> str:
-    return ",".join("?" * len(values))
 
 
 def _label_atoms(
@@ -116,8 +112,8 @@ def _label_atoms(
         extras = sorted({extra for _, of_type, extra in triples if of_type == type_})
         rows = db.execute(
             "SELECT a.callback_rowid, a.slot, a.pgrp, a.label, a.name, a.extra FROM atoms a"  # noqa: S608
-            f" WHERE {where} AND a.type = ? AND a.name IN ({_marks(names)})"
-            f" AND a.extra IN ({_marks(extras)}) AND a.label != ''"
+            f" WHERE {where} AND a.type = ? AND a.name IN ({marks_for(names)})"
+            f" AND a.extra IN ({marks_for(extras)}) AND a.label != ''"
             f" AND {UNRESOLVED} LIMIT ?",
             (*params, type_, *names, *extras, limit - len(found)),
         ).fetchall()

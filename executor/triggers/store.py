@@ -376,24 +376,27 @@ class TriggerStore:
             ).fetchall()
         firings: list[PendingFiring] = []
         for row in rows:
-            event = Event.from_dict(json.loads(row["event_json"]))
             if row["snapshot_json"]:
-                snapshot = json.loads(row["snapshot_json"])
-                callback = StoredCallback.from_dict(snapshot["callback"])
-                count, work_name = int(snapshot["count"]), str(snapshot["work_name"])
+                firings.append(PendingFiring.restored(row))
             elif row["job_id"] is not None:
                 callback = StoredCallback.from_row(row)
-                count, work_name = callback.count, event.work_name
+                event = Event.from_dict(json.loads(row["event_json"]))
+                firings.append(
+                    PendingFiring(
+                        row["invocation_id"],
+                        callback,
+                        event,
+                        row["batch"],
+                        callback.count,
+                        event.work_name,
+                    )
+                )
             else:
                 logger.warning(
                     "firing %s has lost its callback (queued before snapshots); dropped",
                     row["invocation_id"],
                 )
                 self.firing_done(row["invocation_id"])
-                continue
-            firings.append(
-                PendingFiring(row["invocation_id"], callback, event, row["batch"], count, work_name)
-            )
         return firings
 
     def claim_holds(self, invocation_id: str, epoch: int) -> bool:
@@ -483,21 +486,8 @@ class TriggerStore:
                 " RETURNING seq, invocation_id, event_json, batch, snapshot_json, epoch",
                 (self.owner, now + self.lease_s, now, self.owner, limit),
             ).fetchall()
-        firings = []
-        for row in sorted(rows, key=lambda r: int(r["seq"])):
-            snapshot = json.loads(row["snapshot_json"])
-            firings.append(
-                PendingFiring(
-                    row["invocation_id"],
-                    StoredCallback.from_dict(snapshot["callback"]),
-                    Event.from_dict(json.loads(row["event_json"])),
-                    row["batch"],
-                    int(snapshot["count"]),
-                    str(snapshot["work_name"]),
-                    int(row["epoch"]),
-                )
-            )
-        return firings
+        ordered = sorted(rows, key=lambda r: int(r["seq"]))
+        return [PendingFiring.restored(row, int(row["epoch"])) for row in ordered]
 
     def next_timer_due(self) -> float | None:
         with self.outside_transaction() as db:

@@ -18,7 +18,7 @@ import json
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from executor.sql import Db, in_lists, row_lock
+from executor.sql import Db, in_lists, marks_for, row_lock
 from executor.triggers.evaluate import AtomKey, scope_label
 from executor.triggers.journal import SeenEvent, marks_to_json
 from executor.triggers.store_rows import EDGE, LEVEL, NewAtom, StoredCallback
@@ -159,8 +159,8 @@ def matching_callbacks(
             "SELECT a.slot AS atom_slot, a.name AS atom_name, a.scope AS atom_scope,"  # noqa: S608 - marks only
             " a.extra AS atom_extra, c.* FROM atoms a JOIN callbacks c"
             " ON c.rowid = a.callback_rowid"
-            f" WHERE a.name IN ({_marks(names)}) AND a.type = ? AND a.scope IN ({_marks(scopes)})"
-            f" AND a.extra IN ({_marks(extras)}) ORDER BY c.rowid{lock}",
+            f" WHERE a.name IN ({marks_for(names)}) AND a.type = ? AND a.scope IN ({marks_for(scopes)})"
+            f" AND a.extra IN ({marks_for(extras)}) ORDER BY c.rowid{lock}",
             (*names, type_, *scopes, *extras),
         ).fetchall()
         for row in rows:
@@ -190,8 +190,8 @@ def level_atoms_naming(
     rows = db.execute(
         "SELECT a.slot AS atom_slot, c.* FROM atoms a JOIN callbacks c"  # noqa: S608 - marks only
         " ON c.rowid = a.callback_rowid"
-        f" WHERE a.name IN ({_marks(wanted)}) AND a.type IN ({_marks(types)})"
-        f" AND a.scope IN ({_marks(scopes)}) AND c.mode = ? AND c.job_id != ?"
+        f" WHERE a.name IN ({marks_for(wanted)}) AND a.type IN ({marks_for(types)})"
+        f" AND a.scope IN ({marks_for(scopes)}) AND c.mode = ? AND c.job_id != ?"
         f" ORDER BY c.rowid{lock}",
         (*wanted, *types, *scopes, LEVEL, job_id),
     ).fetchall()
@@ -208,12 +208,11 @@ def load_callbacks(db: Db, rowids: Iterable[int]) -> list[StoredCallback]:
     ids = sorted(set(rowids))
     if not ids:
         return []
-    marks = ",".join("?" * len(ids))
     # In a fleet the rows are locked in ascending order until the commit: two replicas
     # applying events that latch the same callback take turns, the second reads what
     # the first wrote (so both halves of an ``&&`` fire it once).
     rows = db.execute(
-        f"SELECT * FROM callbacks WHERE rowid IN ({marks}) ORDER BY rowid{row_lock(db)}",  # noqa: S608 - placeholders only
+        f"SELECT * FROM callbacks WHERE rowid IN ({marks_for(ids)}) ORDER BY rowid{row_lock(db)}",  # noqa: S608 - placeholders only
         ids,
     ).fetchall()
     return [StoredCallback.from_row(row) for row in rows]
@@ -254,7 +253,3 @@ def _callback_columns(spec: dict[str, Any]) -> tuple[Any, ...]:
         spec.get("mode", EDGE),
         marks_to_json(spec.get("latched_by") or [None] * len(latches)),
     )
-
-
-def _marks(values: Sequence[object]) -> str:
-    return ",".join("?" * len(values))

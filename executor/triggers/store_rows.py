@@ -129,9 +129,26 @@ class PendingFiring:
     epoch: int = 0
 
     def snapshot(self) -> str:
-        """The JSON stored in the firing's row: what ``pending_firings`` restores."""
+        """The JSON stored in the firing's row: what ``restored`` reads."""
         return json.dumps(
             {"callback": self.callback.as_dict(), "count": self.count, "work_name": self.work_name}
+        )
+
+    @classmethod
+    def restored(cls, row: Row, epoch: int = 0) -> PendingFiring:
+        """The firing a queue row holds as it was decided (its ``snapshot_json``).
+
+        ``row``: the firing's ``invocation_id``, ``event_json``, ``batch``, ``snapshot_json``.
+        """
+        snapshot = json.loads(row["snapshot_json"])
+        return cls(
+            row["invocation_id"],
+            StoredCallback.from_dict(snapshot["callback"]),
+            Event.from_dict(json.loads(row["event_json"])),
+            row["batch"],
+            int(snapshot["count"]),
+            str(snapshot["work_name"]),
+            epoch,
         )
 
 
