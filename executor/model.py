@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 from executor.child.protocol import EventContext, StartContext
 
@@ -197,6 +197,11 @@ class Event:
         )
 
 
+# Where a run came from (``Invocation.source``): the Execute RPC, or the trigger engine
+# firing a job's own callback or a callbacks.conf one. A closed set: the metrics' label.
+RUN_SOURCES: Final = ("execute", "job", "universal")
+
+
 @dataclass(frozen=True, slots=True)
 class Invocation:
     """One request to run a callback in a job's context."""
@@ -209,8 +214,8 @@ class Invocation:
     work_name: str = ""
     subjob_id: int = -1
     # Where the run came from: "execute" (the Execute RPC), or "job" / "universal" (fired
-    # by the trigger engine for a job's own callback or a callbacks.conf one). A bounded
-    # value: the metrics' and the log line's label.
+    # by the trigger engine for a job's own callback or a callbacks.conf one). One of
+    # RUN_SOURCES: the metrics' and the log line's label.
     source: str = "execute"
     # The sandbox policy it runs under (executor/policies.py), and whether it is a shadow
     # run (a callbacks.conf line marked shadow: qb actions recorded, not applied).

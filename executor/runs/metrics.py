@@ -25,7 +25,7 @@ import bisect
 import itertools
 import math
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -36,7 +36,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from executor import __version__
-from executor.model import RunResult
+from executor.model import RUN_SOURCES, Language, Outcome, RunResult
 from executor.runs.readings import Readings
 
 # Seconds. Spans a warm spawn (a few ms) to a long callback at the default wall cap.
@@ -181,8 +181,14 @@ class Metrics:
             "Requests refused with RESOURCE_EXHAUSTED: every slot busy and the queue full.",
             registry=self.registry,
         )
-        # The labelled series each run updates, looked up once per label set:
-        # ``labels()`` validates and locks on every call, most of what a run's count cost.
+        # Every kind of run there can be is exposed at 0 from the start: a series born at 1
+        # is no 0 -> 1 step for rate() and increase() (there is no _created to recover it),
+        # so the first failure or memory kill of each kind would go uncounted.
+        for outcome, language, source in itertools.product(Outcome, Language, RUN_SOURCES):
+            self._series(outcome.value, language.value, source)
+        # The labelled series of each kind that has run, looked up once per label set
+        # (``labels()`` validates and locks on every call, most of what a run's count cost),
+        # and all ``snapshot`` reads: the kinds at 0 would make each GetMetrics read them all.
         self._run_series: dict[tuple[str, str, str], _RunSeries] = {}
         self._readings = ReadingsCollector()
         self.registry.register(self._readings)
@@ -199,17 +205,20 @@ class Metrics:
         key = (result.outcome.value, language or "unknown", source)
         series = self._run_series.get(key)
         if series is None:
-            outcome, language, source = key
-            series = self._run_series[key] = _RunSeries(
-                self._runs.labels(outcome, language, source),
-                self._wall.labels(language),
-                self._queue.labels(language),
-                self._cpu.labels(language),
-            )
+            series = self._run_series[key] = self._series(*key)
         series.runs.inc()
         series.wall.observe(result.usage.wall_seconds)
         series.queue.observe(result.usage.queue_seconds)
         series.cpu.inc(max(0.0, result.usage.cpu_seconds))
+
+    def _series(self, outcome: str, language: str, source: str) -> _RunSeries:
+        """The series one kind of run updates, made at 0 if they are not yet."""
+        return _RunSeries(
+            self._runs.labels(outcome, language, source),
+            self._wall.labels(language),
+            self._queue.labels(language),
+            self._cpu.labels(language),
+        )
 
     def note_rejected(self) -> None:
         """A request was refused with RESOURCE_EXHAUSTED (never reached a slot)."""
@@ -237,10 +246,11 @@ class Metrics:
     def snapshot(self) -> MetricsSnapshot:
         """The counters and histograms now, with the last readings handed over."""
         self.before_read()
-        runs: Tally[tuple[str, str, str]] = Tally()
-        for sample in _samples(self._runs, "_total"):
-            labels = sample.labels
-            runs[(labels["outcome"], labels["language"], labels["source"])] += int(sample.value)
+        ran = self._run_series.copy()  # one step: the bookkeeping thread may add a kind
+        runs = {
+            key: sum(int(sample.value) for sample in _samples(series.runs, "_total"))
+            for key, series in ran.items()
+        }
         by_outcome: Tally[str] = Tally()
         for (outcome, _, _), count in runs.items():
             by_outcome[outcome] += count
@@ -248,17 +258,17 @@ class Metrics:
         return MetricsSnapshot(
             runs_by_outcome={k: v for k, v in by_outcome.items() if v},
             rejected_at_capacity=refused,
-            run_wall=self._histogram(self._wall),
-            queue=self._histogram(self._queue),
+            run_wall=self._histogram({id(s.wall): s.wall for s in ran.values()}.values()),
+            queue=self._histogram({id(s.queue): s.queue for s in ran.values()}.values()),
             readings=self._readings.latest,
             runs={k: v for k, v in runs.items() if v},
         )
 
-    def _histogram(self, metric: PromHistogram) -> Histogram:
-        """Prometheus' cumulative buckets of every label set, summed and made per-bucket."""
+    def _histogram(self, series: Iterable[PromHistogram]) -> Histogram:
+        """Prometheus' cumulative buckets of these label sets, summed and made per-bucket."""
         cumulative = [0] * (len(self.bounds_s) + 1)
         total, sum_s = 0, 0.0
-        for sample in _samples(metric, ""):
+        for sample in itertools.chain.from_iterable(_samples(one, "") for one in series):
             if sample.name.endswith("_bucket"):
                 bound = float(sample.labels["le"])
                 index = len(self.bounds_s) if math.isinf(bound) else self.bounds_s.index(bound)

@@ -163,3 +163,84 @@ async def test_every_executor_metric_has_a_panel(web: Any) -> None:  # noqa: F81
         for sample in family.samples
         if sample.name.endswith("_created")
     ]
+
+
+def the_executor_variable(dashboard: dict[str, Any]) -> dict[str, Any]:
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "instance"]
+    return dict(variable)
+
+
+def all_regex(variable: dict[str, Any], values: list[str]) -> str:
+    """What ``$instance`` becomes in a query with *All* chosen, as Grafana formats it.
+
+    A custom ``allValue`` is sent as it is; without one, the variable's values, each
+    regex-escaped (the Prometheus data source's own escaping), as an alternation.
+    """
+    if variable.get("allValue"):
+        return str(variable["allValue"])
+    return "(" + "|".join(re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", v) for v in values) + ")"
+
+
+def test_all_executors_are_the_executors_the_list_shows() -> None:
+    # allValue ".*" matched every target Prometheus scrapes, and process_* is exported by
+    # most of them: the memory and CPU panel drew Prometheus itself and each exporter (probe 175).
+    variable = the_executor_variable(load_dashboard())
+    assert variable["includeAll"] and variable["multi"]
+    assert variable["query"]["query"] == "label_values(cbexec_build_info, instance)"
+    executors = ["render01:9464", "10.0.0.7:9464"]
+    chosen = all_regex(variable, executors)
+    for executor in executors:
+        assert re.fullmatch(chosen, executor), executor
+    for other in ("localhost:9090", "render01:9100", "10.0.0.77:9464"):
+        assert not re.fullmatch(chosen, other), other
+
+
+def test_metrics_every_exporter_has_are_the_executors_own() -> None:
+    # process_* from another target relabelled to an executor's instance (a node's
+    # exporter named by its host) is no executor's: each is joined on cbexec_build_info.
+    for expression in expressions(load_dashboard()):
+        foreign = {n for n in metric_names(expression) if not n.startswith("cbexec_")}
+        if foreign:
+            assert re.search(r"\band on \(instance, job\) cbexec_build_info\b", expression), (
+                expression
+            )
+
+
+def field_config(panel: dict[str, Any], ref_id: str) -> dict[str, Any]:
+    """A target's unit and axis placement: the panel's defaults, then its overrides."""
+    defaults = panel.get("fieldConfig", {}).get("defaults", {})
+    config = {
+        "unit": defaults.get("unit"),
+        "custom.axisPlacement": defaults.get("custom", {}).get("axisPlacement", "auto"),
+    }
+    for override in panel.get("fieldConfig", {}).get("overrides", []):
+        if override["matcher"] == {"id": "byFrameRefID", "options": ref_id}:
+            for prop in override["properties"]:
+                if prop["id"] in config:
+                    config[prop["id"]] = prop["value"]
+    return config
+
+
+def test_each_line_has_its_own_unit_and_axis() -> None:
+    # Resident memory (bytes) and CPU (cores) shared one axis, unit short: memory read
+    # "65 Mil" and CPU sat at 0 (probe 175).
+    for panel in load_dashboard()["panels"]:
+        placed: dict[str, set[str]] = {}
+        for target in panel.get("targets", []):
+            config = field_config(panel, target["refId"])
+            names = metric_names(target["expr"])
+            if names and all(name.endswith("_bytes") for name in names):
+                assert config["unit"] == "bytes", (panel["title"], target["expr"])
+            if re.fullmatch(r"rate\(\w+_cpu_seconds_total\{[^}]*\}\[[^]]*\]\).*", target["expr"]):
+                assert config["unit"] == "percentunit", (panel["title"], target["expr"])
+            placed.setdefault(config["custom.axisPlacement"], set()).add(config["unit"])
+        units = set().union(*placed.values())
+        if panel["type"] == "timeseries" and len(units) > 1:
+            assert all(len(u) == 1 for u in placed.values()), (panel["title"], placed)
+            assert "auto" not in placed, (panel["title"], placed)
+
+
+def test_panel_ids_are_unique() -> None:
+    # Grafana links a panel by its id (viewPanel=24): two of one id open the wrong one.
+    ids = [panel["id"] for panel in load_dashboard()["panels"]]
+    assert len(ids) == len(set(ids)), sorted(ids)

@@ -118,7 +118,7 @@ async def test_metrics_scraped_by_prometheus_parser_move_with_real_runs(web: Sta
     buckets = sorted(
         (float(dict(labels)["le"]), value)
         for (name, labels), value in scraped.items()
-        if name == "cbexec_run_duration_seconds_bucket"
+        if name == "cbexec_run_duration_seconds_bucket" and ("language", "python") in labels
     )
     assert [v for _, v in buckets] == sorted(v for _, v in buckets), "cumulative buckets"
     assert scraped[("cbexec_slots", ())] == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from executor.cli import build_parser
 from executor.cli.metrics import format_metrics
-from executor.model import Outcome, RunResult, Usage
+from executor.model import RUN_SOURCES, Language, Outcome, RunResult, Usage
 from executor.runs.metrics import Histogram, Metrics
 from executor.runs.readings import Readings, ReadingSources, TierFlags
 from executor.sandbox.spawners import ZygoteStatus
@@ -132,6 +133,32 @@ def test_a_scrape_shows_counters_cumulative_buckets_and_readings() -> None:
     assert samples[("cbexec_sandbox_mechanism", (("mechanism", "pid_namespace"),))] == 1
     assert samples[("cbexec_sandbox_mechanism", (("mechanism", "memory_cgroup"),))] == 0
     assert samples[("cbexec_sandbox_mechanism", (("mechanism", "zygote_launcher"),))] == 1
+
+
+def test_every_kind_of_run_has_its_series_at_zero_from_the_start() -> None:
+    # A series born at 1 is no 0 -> 1 step for rate() and increase(): without _created,
+    # the first failure, timeout or memory kill of each kind after a start went uncounted
+    # on the dashboard and in alerts (probe 175).
+    metrics = Metrics(bounds_s=(0.01, 1.0))
+    samples = scrape(metrics)
+    for outcome, language, source in itertools.product(Outcome, Language, RUN_SOURCES):
+        labels = (("language", language), ("outcome", outcome), ("source", source))
+        assert samples[("cbexec_runs_total", labels)] == 0, labels
+    for language in Language:
+        lang = (("language", language.value),)
+        assert samples[("cbexec_run_cpu_seconds_total", lang)] == 0, language
+        for histogram in ("cbexec_run_duration_seconds", "cbexec_queue_wait_seconds"):
+            assert samples[(f"{histogram}_count", lang)] == 0, (histogram, language)
+            assert samples[(f"{histogram}_bucket", (*lang, ("le", "+Inf")))] == 0
+    runs = {labels for name, labels in samples if name == "cbexec_runs_total"}
+    assert len(runs) == len(Outcome) * len(Language) * len(RUN_SOURCES)
+    assert metrics.snapshot().runs == {}, "GetMetrics still lists only the kinds that ran"
+
+    metrics.observe(RunResult("a", Outcome.MEMORY_LIMIT), language="perl", source="universal")
+    after = scrape(metrics)
+    killed = (("language", "perl"), ("outcome", "MEMORY_LIMIT"), ("source", "universal"))
+    assert after[("cbexec_runs_total", killed)] == 1
+    assert metrics.snapshot().runs == {("MEMORY_LIMIT", "perl", "universal"): 1}
 
 
 def test_the_commands_a_help_text_names_exist() -> None:
