@@ -41,6 +41,7 @@ from executor.api import certificate_checks, security
 from executor.api import edge as api_edge
 from executor.api import embedded as api_embedded
 from executor.api.farm import FarmServicer
+from executor.api.health import HealthService
 from executor.api.reporting import GrpcReportTransport, ReportEncoder
 from executor.api.server_start import start_whole
 from executor.api.supervisor import GrpcSupervisor
@@ -316,22 +317,6 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         recorder.tell_unrecorded(engine.unrecorded)
         _load_universal(engine, settings)
 
-        metrics.read_from(
-            _reading_sources(
-                settings,
-                options,
-                dispatcher,
-                runner,
-                spawner,
-                recorder,
-                engine,
-                trigger_store,
-                storage_health,
-                stuck,
-                qube,
-                embedded,
-            ).read
-        )
         farm = None
         if embedded is not None:
             # The farm's changes reach the engine through the forwarder like any transition.
@@ -372,6 +357,23 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
             storage=storage_health,
             ids=fleet_ids,
         )
+        metrics.read_from(
+            _reading_sources(
+                settings,
+                options,
+                dispatcher,
+                runner,
+                spawner,
+                recorder,
+                engine,
+                trigger_store,
+                storage_health,
+                stuck,
+                qube,
+                embedded,
+                edge.health,
+            ).read
+        )
         # The HTTP side port closes once the gRPC server has: until then its /healthz says
         # 503 NOT_SERVING (drain, below), so a load balancer sees a drain, not a crash.
         side_ports: list[SidePort] = []
@@ -395,7 +397,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
         # Before the drain: a fired run's result waiting for a full disk would hold it (on
         # SQLite, for as long as the disk stays full); not recorded, it runs at the next start.
         stack.callback(recorder.stop_waiting)
-        await edge.set_serving(True)
+        edge.set_serving(True)
         edge.follow(storage_health, "storage")
         edge.follow(stuck, "slots")
         stack.push_async_callback(
@@ -511,6 +513,7 @@ def _reading_sources(
     stuck: StuckSlots,
     qube: QubeInterpreter,
     embedded: api_embedded.EmbeddedSupervisor | None,
+    health: HealthService,
 ) -> ReadingSources:
     """Where each gauge of the metrics comes from (each read on the event loop)."""
     outbox = recorder.outbox
@@ -533,11 +536,15 @@ def _reading_sources(
         slots_kept_by_killed=lambda: (stuck.count, stuck.problem),
         # The outbox past outbox_max_bytes is said here too: it stops every run as well;
         # and the jobs whose events wait for triggers.db's room: their callbacks never fire.
+        # Neither makes health NOT_SERVING (a failed write does: edge.follow(storage_health)):
+        # reads, events and registrations are still served, Execute too for the second.
         storage_problem=lambda: (
             storage.problem
             or (outbox.refusal() if outbox else "")
             or (embedded.waits_for_room() if embedded else "")
         ),
+        # Read in the same step as the problems: health changes in the step they do (edge.follow).
+        health_status=health.status_name,
         trigger_counts=lambda: (
             stats.events_published,
             stats.callbacks_fired,

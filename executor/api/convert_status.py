@@ -48,6 +48,7 @@ def metrics_message(snapshot: MetricsSnapshot) -> executor_pb2.GetMetricsRespons
         outbox_last_error=readings.outbox_last_error,
         storage_problem=readings.storage_problem,
         slots_problem=readings.slots_problem,
+        health_status=readings.health_status,
         prepared_children=readings.prepared_children,
         slots=readings.slots,
         queue_limit=readings.queue_limit,

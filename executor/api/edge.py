@@ -85,33 +85,32 @@ class Edge:
     _stopping: bool = False
     # Why it is NOT_SERVING now, by what followed says it (``follow``); "" for none.
     _problems: dict[str, str] = field(default_factory=dict)
-    _pending_health: asyncio.Future[None] | None = None
 
     def follow(self, source: ServingProblem, name: str) -> None:
         """Answer NOT_SERVING while ``source`` has a problem (or another does), SERVING after.
 
         The storage that cannot record results, every slot kept by a killed process
         (``StuckSlots``): each is one of the reasons, so one's end does not hide another.
+        A problem said on the loop changes the status in the same step, so no call
+        (a Check, a GetMetrics) sees the one without the other; one said on another
+        thread reaches the loop first.
         """
         loop = asyncio.get_running_loop()
 
         def on_loop(problem: str) -> None:
             self._problems[name] = problem
             if not self._stopping:
-                self._pending_health = asyncio.ensure_future(self._serve_as_the_problems_say())
+                self.set_serving(not any(self._problems.values()))
 
         def changed(problem: str) -> None:
-            # Heard on whichever thread met it (the bookkeeping writer's, for the storage).
-            loop.call_soon_threadsafe(on_loop, problem)
+            if _running_loop() is loop:
+                on_loop(problem)
+            else:
+                loop.call_soon_threadsafe(on_loop, problem)
 
         source.listeners.append(changed)
         if source.problem:  # met before now (start-up on a full disk)
             on_loop(source.problem)
-
-    async def _serve_as_the_problems_say(self) -> None:
-        """SERVING unless a problem followed holds now; nothing once a stop has begun."""
-        if not self._stopping:
-            await self.set_serving(not any(self._problems.values()))
 
     async def stop_serving(self) -> None:
         """NOT_SERVING from now on, whatever the problems followed do (the start of a stop).
@@ -121,20 +120,19 @@ class Edge:
         the whole grace period (health.py, farm.py).
         """
         self._stopping = True
-        await self.set_serving(False)
+        self.set_serving(False)
         await self.health.end_watches()
         if self.farm is not None:
             self.farm.end_waits()
 
-    async def set_serving(self, serving: bool) -> None:
-        """Health of the server and of each service: SERVING, or NOT_SERVING from a stop on."""
+    def set_serving(self, serving: bool) -> None:
+        """Health of the server and of each service, all at once: SERVING, or NOT_SERVING."""
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for service in ("", *self.services):
-            await self.health.set(service, status)
+        self.health.set_now(("", *self.services), status)
 
     async def close(self, grace_s: float) -> None:
         """Stop serving (calls in flight get ``grace_s`` to finish) and close our channel."""
@@ -143,6 +141,13 @@ class Edge:
             self.internal_socket.remove()
         await self.own_channel.close()
         await self.trimmer.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # a thread of the executor's, not the loop's
+        return None
 
 
 def build(
@@ -178,7 +183,7 @@ def build(
     )
     trimmer = HeapTrimmer()
     # First: a call whose headers pass gRPC's bound is refused before any method is found.
-    server.add_generic_rpc_handlers((HeaderBound(trimmer),))
+    server.add_generic_rpc_handlers((HeaderBound(trimmer, metrics),))
     unread = UnreadAnswers(settings.unread_answers_max_bytes)
     # Registers each service's methods guarded.
     guarded = CallGuard(server, metrics, trimmer, unread)
@@ -207,7 +212,7 @@ def build(
     if farm is not None:
         guarded.register(farm_pb2_grpc.add_FarmServiceServicer_to_server, farm)
         services = (*SERVICES, FARM_SERVICE)
-    health_servicer = HealthService()
+    health_servicer = HealthService(metrics=metrics)
     guarded.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
     enable_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = security.add_port(server, settings, credentials)

@@ -10,8 +10,9 @@ settings timeout closed the connection: four such connections took the executor 
 and ``grpc.max_metadata_size`` change nothing before the acknowledgement, measured on
 grpcio 1.85). So the first generic handler measures each call's headers as it is taken
 and, past the bound, answers RESOURCE_EXHAUSTED at once, without waiting for its request:
-the call ends and gRPC lets go of its headers. What arrives before the executor takes
-the calls is still held meanwhile (``README``: *Connections*).
+the call ends and gRPC lets go of its headers, and the refusal is counted as every
+RESOURCE_EXHAUSTED of the executor's is (``Metrics.note_rejected``). What arrives before
+the executor takes the calls is still held meanwhile (``README``: *Connections*).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 
 from executor.heap_return import LARGE_CALL_BYTES, HeapTrimmer
+from executor.runs.metrics import Metrics
 
 if TYPE_CHECKING:  # the stubs make it generic; the runtime class is not
     MethodHandler = grpc.RpcMethodHandler[Any, Any]
@@ -42,14 +44,16 @@ def header_bytes(details: grpc.HandlerCallDetails) -> int:
 class HeaderBound(grpc.GenericRpcHandler):
     """Registered first: no handler for a call within the bound (the next one's), else a refusal."""
 
-    def __init__(self, trimmer: HeapTrimmer | None = None) -> None:
+    def __init__(self, trimmer: HeapTrimmer | None = None, metrics: Metrics | None = None) -> None:
         self._trimmer = trimmer or HeapTrimmer()
+        self._metrics = metrics
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> MethodHandler | None:
         size = header_bytes(handler_call_details)
         if size <= MAX_HEADER_BYTES:
             return None
         trimmer = self._trimmer
+        metrics = self._metrics
         refusal = (
             f"the call's headers are {size} bytes together, more than {MAX_HEADER_BYTES} "
             "(gRPC's bound on metadata)"
@@ -59,6 +63,8 @@ class HeaderBound(grpc.GenericRpcHandler):
             del requests  # never read: the request may never come
             # Given back as a large request's: refused headers come in floods, not one by one.
             trimmer.after_call(max(size, LARGE_CALL_BYTES))
+            if metrics is not None:
+                metrics.note_rejected()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
 
         # Request streaming, whatever the method: gRPC reads a unary call's request before

@@ -9,7 +9,8 @@ word there is, and the server closes as soon as the calls that matter have finis
 
 Health is open to callers without the token, and each Watch is a coroutine held until
 its client leaves (about 20 KB: 60,000 of them took 1.2 GB, probe 85), so at most
-``MAX_WATCHES`` are open at once; a further one is refused RESOURCE_EXHAUSTED. A fleet
+``MAX_WATCHES`` are open at once; a further one is refused RESOURCE_EXHAUSTED (counted
+with the executor's other such refusals, ``Metrics.note_rejected``). A fleet
 client's channel holds one per executor. A name is quoted in an error cut to the
 status details' bound (``errors.bounded``): gRPC cannot send a status whose details
 pass ~16 KB, and a client got RESOURCE_EXHAUSTED "Stream removed" for NOT_FOUND. A Watch
@@ -26,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Final, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from executor.api.errors import bounded
+from executor.runs.metrics import Metrics
 from supervisor_client.first_calls import INSTANCE_KEY
 
 # A HealthCheckResponse.ServingStatus value (its stub's nested enum is no type to mypy).
@@ -49,18 +51,40 @@ MAX_WATCHED_NAME: Final = 1024
 class HealthService(health_pb2_grpc.HealthServicer):
     """The statuses by service name ("" is the whole server), and who watches them."""
 
-    def __init__(self, max_watches: int = MAX_WATCHES) -> None:
+    def __init__(self, max_watches: int = MAX_WATCHES, metrics: Metrics | None = None) -> None:
         self._status: dict[str, Status] = {"": health_pb2.HealthCheckResponse.SERVING}
         self._max_watches = max_watches
+        self._metrics = metrics
         self._watches = 0  # open now
         self._changed = asyncio.Condition()  # one for all: a status changes a few times a life
+        self._waking: asyncio.Future[None] | None = None  # watchers told of a set_now
         self._ended = False
         self._instance = ((INSTANCE_KEY, uuid.uuid4().hex),)
+
+    def status_name(self, service: str = "") -> str:
+        """A service's status as Check names it ("SERVING"); "SERVICE_UNKNOWN" for one not served."""
+        status = self._status.get(service, SERVICE_UNKNOWN)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(status))
 
     async def set(self, service: str, status: Status) -> None:
         """Set a service's status; its watchers hear it (unless the watches have ended)."""
         async with self._changed:
             self._status[service] = status
+            self._changed.notify_all()
+
+    def set_now(self, services: Iterable[str], status: Status) -> None:
+        """Set each service's status in this step (Check and List answer it at once).
+
+        Its watchers hear it once the loop turns: the condition they wait on is taken
+        in a task, one pending at a time, which tells them whatever is latest then.
+        """
+        for service in services:
+            self._status[service] = status
+        if self._waking is None or self._waking.done():
+            self._waking = asyncio.ensure_future(self._wake_watchers())
+
+    async def _wake_watchers(self) -> None:
+        async with self._changed:
             self._changed.notify_all()
 
     async def end_watches(self) -> None:
@@ -115,6 +139,8 @@ class HealthService(health_pb2_grpc.HealthServicer):
                 ),
             )
         if self._watches >= self._max_watches:
+            if self._metrics is not None:
+                self._metrics.note_rejected()
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"at most {self._max_watches} health Watch streams may be open at once; "

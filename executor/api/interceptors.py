@@ -5,9 +5,10 @@
 are answered INVALID_ARGUMENT with one log line, instead of gRPC Python's default
 UNKNOWN "Unexpected <class 'DecodeError'>" and a traceback. A string field holding
 invalid UTF-8, or whose messages nest too deep, is named (``undecodable.py``): protobuf's own error
-does not say which. It also counts the calls
-refused at capacity: those never reach the dispatcher's ``on_result`` (nothing ran), so
-they are counted where they become visible, as RESOURCE_EXHAUSTED leaving the server.
+does not say which. It also counts the calls refused RESOURCE_EXHAUSTED, whatever their
+service and cause (a full queue, the trigger store's room, unread answers): most never
+reach the dispatcher's ``on_result`` (nothing ran), so they are counted where every one
+passes, as the status leaving the server.
 After a call whose request or answer was large it has the heap trimmed
 (``heap_return.py``), and counts a large answer until it has been read
 (``unread_answers.py``), refusing calls whose answers can be big past that count. And
@@ -59,8 +60,6 @@ logger = logging.getLogger(__name__)
 
 # Services callers may use without the token (load balancers, grpc_health_probe).
 OPEN_SERVICES: Final = (f"/{health.SERVICE_NAME}/",)
-# Calls whose RESOURCE_EXHAUSTED means "admission refused" (the metrics' capacity count).
-ADMISSION_METHODS: Final = ("/qbcallback.v1.CallbackExecutorService/",)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Behavior = Callable[[Any, Context], Awaitable[Any]]
@@ -320,7 +319,7 @@ class CallGuard:
             return handler
         behavior: Behavior = handler.unary_unary  # type: ignore[assignment]  # aio handlers are async
         decode = handler.request_deserializer
-        metrics = self._metrics if method.startswith(ADMISSION_METHODS) else None
+        metrics = self._metrics
         request_type = _request_type(method)
         trimmer = self._trimmer
         unread = self._unread
@@ -350,7 +349,7 @@ class CallGuard:
             try:
                 return await calling
             finally:
-                if metrics is not None and context.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                if context.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     metrics.note_rejected()
 
         async def guarded(raw: bytes, context: Context) -> Any:
@@ -382,17 +381,17 @@ async def _admit_big_answer(
     context: Context,
     method: str,
     refusals: RefusalLog,
-    metrics: Metrics | None,
+    metrics: Metrics,
 ) -> None:
     """Refuse a call RESOURCE_EXHAUSTED while its share of unread answers is held.
 
     Else the call is left the same check for later (``unread_answers.answer_room``).
+    Counted here: the refusal comes before the call's own count (``answer``) is armed.
     """
     peer = context.peer()
     if why := unread.refusal(peer):
         refusals.refused(peer_address(peer), method, "answers not read (unread_answers_max_bytes)")
-        if metrics is not None:
-            metrics.note_rejected()
+        metrics.note_rejected()
         context.set_trailing_metadata((("retry-after-s", f"{RETRY_AFTER_S:g}"),))
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
     # Checked again just before the answer's work starts (unread_answers.py).

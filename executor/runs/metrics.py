@@ -178,7 +178,8 @@ class Metrics:
         )
         self._refused = Counter(
             f"{PREFIX}_refused_at_capacity",
-            "Requests refused with RESOURCE_EXHAUSTED: every slot busy and the queue full.",
+            "Requests the executor refused with RESOURCE_EXHAUSTED, whatever the cause: the"
+            " queue full, triggers.db without room, answers not read, too many health watches.",
             registry=self.registry,
         )
         # Every kind of run there can be is exposed at 0 from the start: a series born at 1
@@ -221,7 +222,7 @@ class Metrics:
         )
 
     def note_rejected(self) -> None:
-        """A request was refused with RESOURCE_EXHAUSTED (never reached a slot)."""
+        """A request was answered RESOURCE_EXHAUSTED (by whichever part refused it)."""
         self._refused.inc()
 
     def read_from(self, read: Callable[[], Readings]) -> None:

@@ -52,6 +52,8 @@ class Readings:
     # Why the last try to deliver a result failed ("" once one was delivered since).
     outbox_last_error: str = ""
     storage_problem: str = ""
+    # The health service's status for the whole executor, read with the problems above.
+    health_status: str = ""
     events_published: int = 0
     callbacks_fired: int = 0
     # Event ids forgotten before their retention, past event_id_max_count.
@@ -103,6 +105,7 @@ class ReadingSources:
     outbox: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (pending, dead letters)
     outbox_last_error: Callable[[], str] = lambda: ""
     storage_problem: Callable[[], str] = lambda: ""
+    health_status: Callable[[], str] = lambda: ""
     firings_held: Callable[[], str] = lambda: ""
     # (slots kept by killed processes that have not ended, the problem when that is all)
     slots_kept_by_killed: Callable[[], tuple[int, str]] = lambda: (0, "")
@@ -138,6 +141,7 @@ class ReadingSources:
             outbox_dead_letters=dead,
             outbox_last_error=self.outbox_last_error(),
             storage_problem=self.storage_problem(),
+            health_status=self.health_status(),
             events_published=events,
             callbacks_fired=fired,
             event_ids_forgotten_early=forgotten,

@@ -211,10 +211,6 @@ class ExecutorSource:
         """GetMetrics: counters and the readings of the executor's parts, now."""
         return self._call(self._client.get_metrics)
 
-    def health(self) -> str:
-        """The health service's status for the whole executor."""
-        return self._call(self._client.health)
-
     def health_now(self) -> HealthNow:
         """/healthz's status and problems: asked anew, or the last known if the loop is held.
 
@@ -238,10 +234,11 @@ class ExecutorSource:
         return self._result(asking, self._timeout_s - (time.monotonic() - started))
 
     async def _ask_health(self) -> HealthNow:
-        # Not asked after a health call that failed: a held loop would be waited for twice.
-        status = await self._client.health()
+        # One call: its status and problems are read in one step of the loop, where a
+        # Check and then a GetMetrics straddled a change (200 SERVING beside a
+        # storage_problem, probe 175).
         metrics = await self._client.get_metrics()
-        return HealthNow(status, metrics.storage_problem, metrics.slots_problem)
+        return HealthNow(metrics.health_status, metrics.storage_problem, metrics.slots_problem)
 
     def _remember_health(self, asked: concurrent.futures.Future[HealthNow]) -> None:
         if not asked.cancelled() and asked.exception() is None:

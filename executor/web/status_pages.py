@@ -81,8 +81,8 @@ def health_page(source: Any) -> Html:
 
 def health_body(source: Any) -> Html:
     """Serving state, slots, queue, outbox, zygotes, trigger engine and the sandbox tier."""
-    status = source.health()
     m = source.metrics()
+    status = m.health_status  # read with the problems below, so the two agree
     parts: list[object] = []
     if m.storage_problem:
         parts.append(notice(f"Storage degraded: {m.storage_problem}", "error"))

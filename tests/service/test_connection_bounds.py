@@ -188,10 +188,15 @@ async def test_large_headers_before_our_settings_are_acknowledged_are_refused(
             # Answered at once, without waiting for a request: the status alone. gRPC's
             # encoder sends the message as a literal, so its words can be seen in the block.
             # gRPC refuses a random share itself (its soft limit), 6% of those of 1 MB.
+            ours = 0
             for stream in large:
                 block = peer.ended[stream]
                 assert b"more than 16384" in block or b"exceeds soft limit" in block
+                ours += b"more than 16384" in block
             assert small not in peer.ended  # within the bound it waits for its request
+            # The executor's own refusals count as every RESOURCE_EXHAUSTED of its does;
+            # gRPC's (its soft limit) never reach it.
+            assert (await stack.client.get_metrics()).rejected_at_capacity == ours
         finally:
             await peer.close()
 
@@ -209,7 +214,8 @@ async def _bare_health(health: HealthService) -> tuple[grpc.aio.Server, grpc.aio
 
 
 async def test_health_watches_are_capped() -> None:
-    server, channel = await _bare_health(HealthService(max_watches=2))
+    metrics = Metrics()
+    server, channel = await _bare_health(HealthService(max_watches=2, metrics=metrics))
     try:
         first, second = health_updates(channel), health_updates(channel)
         await first.read()  # type: ignore[attr-defined]  # an aio call
@@ -220,6 +226,7 @@ async def test_health_watches_are_capped() -> None:
         assert refused.value.details() == (
             "at most 2 health Watch streams may be open at once; use Check, or end another Watch"
         )
+        assert metrics.snapshot().rejected_at_capacity == 1  # as every RESOURCE_EXHAUSTED
         first.cancel()  # type: ignore[attr-defined]  # an aio call
         for _ in range(100):  # its place is free once the server has seen the cancel
             try:

@@ -85,6 +85,8 @@ async def test_a_submission_the_trigger_store_has_no_room_for_is_refused_whole(
         assert "(triggers_max_bytes = 2.0 MiB)" in details, details
         assert "publish 'removed' for the jobs that are done" in details, details
         assert ("retry-after-s", "60") in tuple(refused.trailing_metadata() or ())
+        # Counted as every RESOURCE_EXHAUSTED is (probe 175, F1).
+        assert (await stack.client.get_metrics()).rejected_at_capacity == 1
         stored = [job.id for job in (await farm.list_jobs()).jobs]
         assert stored, "no job fitted at all"
         # Nothing of the refused submission was stored, and every stored job is registered.
@@ -132,9 +134,15 @@ async def test_a_job_without_room_holds_back_no_other_jobs_events_and_removals_m
         await eventually(lambda: _registered(stack, bob))
         assert engine.store.job(alice[6]) is None
         # The health line says the events wait, and for what.
-        problem = (await stack.client.get_metrics()).storage_problem
+        metrics = await stack.client.get_metrics()
+        problem = metrics.storage_problem
         assert f"job {alice[6]}" in problem, problem
         assert "triggers_max_bytes" in problem, problem
+        # Every call is still served: health says SERVING meanwhile (probe 175, F3), and
+        # the forwarder's refused registration counts as any RESOURCE_EXHAUSTED does.
+        assert metrics.health_status == "SERVING"
+        assert await stack.client.health() == "SERVING"
+        assert metrics.rejected_at_capacity >= 1
         # Bob's callback runs, and waiting for his job answers.
         await bob_runs(stack, farm, bob)
         # An operator removes alice's first five: their removals pass the waiting job,

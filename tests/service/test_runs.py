@@ -386,6 +386,30 @@ async def test_metrics_count_refusals_at_capacity(one_slot: ExecutorClient) -> N
     assert dict(metrics.runs_by_outcome) == {"SUCCEEDED": 1}
 
 
+async def test_metrics_count_registrations_refused_for_the_trigger_stores_room(
+    tmp_path: Path,
+) -> None:
+    # Every RESOURCE_EXHAUSTED counts, not only Execute's at the queue (probe 175, F1).
+    settings = stack_settings(tmp_path / "data", triggers_max_bytes=1 << 20)
+    async with running_stack(settings) as stack:
+        code = "# " + "x" * 300_000
+        codes = []
+        for job_id in range(1, 10):
+            job = {
+                "id": job_id,
+                "name": "big",
+                "callbacks": [{"triggers": "done-job-self", "language": "python", "code": code}],
+            }
+            try:
+                await stack.client.register_job(job)
+            except ExecutorRpcError as refused:
+                codes.append(refused.code)
+        assert set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+        refusals = len(codes)
+        assert refusals >= 2, "triggers.db took every job"
+        assert (await stack.client.get_metrics()).rejected_at_capacity == refusals
+
+
 @pytest.fixture
 async def one_slot_queued(tmp_path: Path) -> AsyncIterator[ExecutorClient]:
     """An executor with one slot and a queue: a second concurrent run waits for its slot."""

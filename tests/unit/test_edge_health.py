@@ -48,7 +48,7 @@ async def statuses(edge: Edge) -> set[int]:
 
 async def followed(*problems: Problem) -> Edge:
     edge = serving_edge()
-    await edge.set_serving(True)  # as the server starts
+    edge.set_serving(True)  # as the server starts
     for name, problem in zip(("storage", "slots"), problems, strict=True):
         edge.follow(problem, name)
     return edge
@@ -88,3 +88,31 @@ async def test_no_problems_end_serves_again_once_a_stop_has_begun() -> None:
     storage.says("")
     slots.says("")
     assert await statuses(edge) == {NOT_SERVING}
+
+
+async def test_health_changes_in_the_same_step_as_the_problem_it_follows() -> None:
+    # Said on the loop (as StorageHealth and StuckSlots say theirs), the problem and the
+    # status change together: a GetMetrics and a Check between them disagreed for 10-35
+    # ms, /healthz 200 SERVING with a storage_problem (probe 175, F4).
+    storage, slots = Problem(), Problem()
+    edge = await followed(storage, slots)
+    storage.says("a full disk")
+    assert await statuses_now(edge) == {NOT_SERVING}
+    storage.says("")
+    assert await statuses_now(edge) == {SERVING}
+    slots.says("every slot (1) is held ...")
+    assert await statuses_now(edge) == {NOT_SERVING}
+
+
+async def test_a_problem_said_on_another_thread_reaches_health_through_the_loop() -> None:
+    storage = Problem()
+    edge = await followed(storage, Problem())
+    await asyncio.to_thread(storage.says, "a full disk")
+    assert await statuses(edge) == {NOT_SERVING}
+
+
+async def statuses_now(edge: Edge) -> set[int]:
+    """Every name's status, with no turn of the loop since what the problems said."""
+    # List awaits nothing: it answers in the caller's step.
+    answer = await edge.health.List(cast(Any, None), cast(Any, None))
+    return {status.status for status in answer.statuses.values()}

@@ -2138,6 +2138,7 @@ class GetMetricsResponse(_message.Message):
     FIRINGS_HELD_FIELD_NUMBER: _builtins.int
     REPEAT_TICKS_SKIPPED_FIELD_NUMBER: _builtins.int
     SLOTS_PROBLEM_FIELD_NUMBER: _builtins.int
+    HEALTH_STATUS_FIELD_NUMBER: _builtins.int
     rejected_at_capacity: _builtins.int
     """Requests refused with RESOURCE_EXHAUSTED."""
     active_children: _builtins.int
@@ -2153,11 +2154,15 @@ class GetMetricsResponse(_message.Message):
     outbox_dead_letters: _builtins.int
     """Results set aside as dead letters (ListDeadLetters lists them)."""
     storage_problem: _builtins.str
-    """What is wrong with the data dir's storage, "" when nothing is: set when a write
-    failed because of it, cleared when a write works again. Meanwhile the health service
+    """What is wrong with the data dir's storage, "" when nothing is. Set when a write
+    failed because of it, cleared when a write works again: meanwhile the health service
     answers NOT_SERVING, and a call whose own write fails (Execute recording its result,
     RegisterJob, PublishEvent) answers UNAVAILABLE; one whose write still fits (another
-    database file with room left) is answered as usual.
+    database file with room left) is answered as usual. Also set, with health left
+    SERVING (reads, events and registrations are still served), while outbox.db is past
+    outbox_max_bytes (Execute answers UNAVAILABLE, fired callbacks wait) and while a
+    job's events wait in the embedded supervisor's forwarder for triggers.db's room
+    (every other call is served as usual).
     """
     prepared_children: _builtins.int
     """Children started ahead, confined and waiting for their run (prepare_ahead)."""
@@ -2205,6 +2210,12 @@ class GetMetricsResponse(_message.Message):
     "" while a slot is not. Meanwhile the health service answers NOT_SERVING, and
     Execute is refused UNAVAILABLE at once (fired callbacks wait in their queue),
     until one of them ends.
+    """
+    health_status: _builtins.str
+    """The health service's status for the whole executor ("" name): "SERVING", or
+    "NOT_SERVING" (storage_problem or slots_problem says why, or a stop has begun).
+    Read in the same moment as the problems, so the two agree, where a Check and a
+    GetMetrics one after the other may straddle a change.
     """
     @_builtins.property
     def runs_by_outcome(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
@@ -2256,10 +2267,11 @@ class GetMetricsResponse(_message.Message):
         firings_held: _builtins.str = ...,
         repeat_ticks_skipped: _builtins.int = ...,
         slots_problem: _builtins.str = ...,
+        health_status: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["queue_seconds", b"queue_seconds", "run_wall_seconds", b"run_wall_seconds", "sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_children", b"active_children", "callbacks_fired", b"callbacks_fired", "event_ids_forgotten_early", b"event_ids_forgotten_early", "events_published", b"events_published", "firings_held", b"firings_held", "firings_queued", b"firings_queued", "outbox_dead_letters", b"outbox_dead_letters", "outbox_last_error", b"outbox_last_error", "outbox_pending", b"outbox_pending", "prepared_children", b"prepared_children", "queue_depth", b"queue_depth", "queue_limit", b"queue_limit", "queue_seconds", b"queue_seconds", "rejected_at_capacity", b"rejected_at_capacity", "repeat_ticks_skipped", b"repeat_ticks_skipped", "run_wall_seconds", b"run_wall_seconds", "runs", b"runs", "runs_by_outcome", b"runs_by_outcome", "sandbox", b"sandbox", "slots", b"slots", "slots_problem", b"slots_problem", "storage_problem", b"storage_problem", "trigger_callbacks", b"trigger_callbacks", "trigger_jobs", b"trigger_jobs", "universal_callbacks", b"universal_callbacks", "universal_reload_errors", b"universal_reload_errors", "zygotes", b"zygotes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_children", b"active_children", "callbacks_fired", b"callbacks_fired", "event_ids_forgotten_early", b"event_ids_forgotten_early", "events_published", b"events_published", "firings_held", b"firings_held", "firings_queued", b"firings_queued", "health_status", b"health_status", "outbox_dead_letters", b"outbox_dead_letters", "outbox_last_error", b"outbox_last_error", "outbox_pending", b"outbox_pending", "prepared_children", b"prepared_children", "queue_depth", b"queue_depth", "queue_limit", b"queue_limit", "queue_seconds", b"queue_seconds", "rejected_at_capacity", b"rejected_at_capacity", "repeat_ticks_skipped", b"repeat_ticks_skipped", "run_wall_seconds", b"run_wall_seconds", "runs", b"runs", "runs_by_outcome", b"runs_by_outcome", "sandbox", b"sandbox", "slots", b"slots", "slots_problem", b"slots_problem", "storage_problem", b"storage_problem", "trigger_callbacks", b"trigger_callbacks", "trigger_jobs", b"trigger_jobs", "universal_callbacks", b"universal_callbacks", "universal_reload_errors", b"universal_reload_errors", "zygotes", b"zygotes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
