@@ -214,7 +214,7 @@ def build(
         services = (*SERVICES, FARM_SERVICE)
     health_servicer = HealthService(metrics=metrics)
     guarded.register(health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
-    enable_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    enable_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), guarded)
     port = security.add_port(server, settings, credentials)
     own_channel, internal_socket = security.own_channel(server, settings)
     # Several looks within a handshake timeout: silent peers hold their places that long.

@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+
+from executor.api.interceptors import CallGuard
 
 
 class MethodResolvingPool:
@@ -44,10 +45,14 @@ class MethodResolvingPool:
         return getattr(self._pool, name)
 
 
-def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
-    """Serve reflection for ``service_names`` on ``server``, method names resolved too."""
+def enable_reflection(service_names: Iterable[str], guarded: CallGuard) -> None:
+    """Serve reflection for ``service_names`` through ``guarded``, method names resolved too.
+
+    Registered as the other services are: a method registered on the server itself is
+    found before any generic handler, so the header bound (``HeaderBound``) and its
+    count never saw a reflection call.
+    """
     servicer = reflection.aio.ReflectionServicer(
         service_names, pool=MethodResolvingPool(descriptor_pool.Default())
     )
-    register = reflection_pb2_grpc.add_ServerReflectionServicer_to_server
-    register(servicer, server)  # type: ignore[no-untyped-call]  # the stubs leave it untyped
+    guarded.register(reflection_pb2_grpc.add_ServerReflectionServicer_to_server, servicer)

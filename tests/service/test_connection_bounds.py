@@ -180,9 +180,16 @@ async def test_large_headers_before_our_settings_are_acknowledged_are_refused(
         peer = await UnackedPeer.connect(stack.running.port)
         try:
             small = await peer.call("/grpc.health.v1.Health/Check", 100)
+            # Reflection too (probe 176): registered on the server, it was found before
+            # the bound's handler and served.
             large = [
-                await peer.call("/qbcallback.v1.RunService/GetMetrics", size)
-                for size in (17_000, 100_000, 1_000_000)
+                await peer.call(method, size)
+                for method, size in (
+                    ("/qbcallback.v1.RunService/GetMetrics", 17_000),
+                    ("/qbcallback.v1.RunService/GetMetrics", 100_000),
+                    ("/qbcallback.v1.RunService/GetMetrics", 1_000_000),
+                    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", 100_000),
+                )
             ]
             assert await eventually(lambda: set(large) <= set(peer.ended), timeout_s=5)
             # Answered at once, without waiting for a request: the status alone. gRPC's
