@@ -209,13 +209,15 @@ def _from_now(unix_s: float, now_unix: float) -> str:
 def compact_names(names: Sequence[str], limit: int = 12) -> str:
     """Work names for people: integers as sorted ranges (``1-4,6,9-10``).
 
-    Other names as given; past ``limit`` parts, the count of the rest.
+    Only names each spelled as its number is (``001`` is no ``1``: a range would name
+    items no agenda holds); other names as given. Past ``limit`` parts, the count of the rest.
     """
     if not names:
         return "none"
     parts: list[str]
-    if all(_INTEGER.fullmatch(name) for name in names):
-        numbers = sorted({int(name) for name in names})
+    spelled = [_number(name) for name in names]
+    if all(number is not None for number in spelled):
+        numbers = sorted({number for number in spelled if number is not None})
         parts = []
         start = previous = numbers[0]
         for number in [*numbers[1:], None]:
@@ -230,6 +232,14 @@ def compact_names(names: Sequence[str], limit: int = 12) -> str:
     if len(parts) > limit:
         return f"{','.join(parts[:limit])},... ({len(names)} in all)"
     return ",".join(parts)
+
+
+def _number(name: str) -> int | None:
+    """The integer ``name`` spells as Python writes it (``-2``, ``10``), else None."""
+    if not _INTEGER.fullmatch(name) or len(name) > 19:  # int() refuses 4,300 digits
+        return None
+    number = int(name)
+    return number if str(number) == name else None
 
 
 def describe_job(job_id: int, place: JobPlace | None) -> str:

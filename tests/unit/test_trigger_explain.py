@@ -153,6 +153,11 @@ def test_a_per_work_trigger_says_it_is_one_callback_per_item() -> None:
         (["-2", "-1", "0", "4"], "-2-0,4"),
         (["Initialize", "1-10"], "Initialize,1-10"),
         ([str(n) for n in range(0, 40, 2)], "0,2,4,6,8,10,12,14,16,18,20,22,... (20 in all)"),
+        # Probe 176: padded frames made a range naming items no agenda holds ('1-2').
+        (["001", "002"], "001,002"),
+        (["1", "01", "2", "0003"], "1,01,2,0003"),
+        (["-0", "1"], "-0,1"),
+        (["1", "9" * 5000], f"1,{'9' * 5000}"),  # no int() of 4,300 digits and more
     ],
 )
 def test_work_names_are_compact(names: list[str], text: str) -> None:
