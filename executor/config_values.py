@@ -28,25 +28,34 @@ LANGUAGE_BITS: Final = {
 QUBE_OTHER_BITS: Final = {8: "post", 32: "dependency", 64: "auto_wrangling"}
 
 
-def parse_languages(value: object) -> frozenset[Language]:
+def parse_languages(value: object, name: str = "languages") -> frozenset[Language]:
     """Parse ``supervisor_language_flags`` style: names (comma list) or the numeric sum.
 
     A bit that is no language here is refused, naming it, as an unknown name is: dropped
     in silence, it would leave a language off that its writer meant on, or the reverse.
     A TOML value of another type (``1.5``, a table, a list holding a number) is refused too.
+
+    Raises:
+        ConfigError: naming the setting as ``name`` (``environment: languages``,
+            ``policies.job.languages``).
     """
+    try:
+        return _languages(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{name}: {err}") from None
+
+
+def _languages(value: object) -> frozenset[Language]:
     expected = "expected names (a comma list, or a list of names) or Qube's numeric flags"
     if isinstance(value, bool) or not isinstance(value, str | int | list):
         # TOML's true is no sum of flags (bool is an int), nor is 1.5 or a table.
-        raise ConfigError(f"languages: {expected}, got {as_written(value)}")
+        raise TypeError(f"{expected}, got {as_written(value)}")
     if isinstance(value, int):
         return _flag_languages(value)
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return _flag_languages(int(value))
     if isinstance(value, list) and (odd := [v for v in value if not isinstance(v, str)]):
-        raise ConfigError(
-            f"languages: expected language names in the list, got {as_written(odd[0])}"
-        )
+        raise TypeError(f"expected language names in the list, got {as_written(odd[0])}")
     names = value if isinstance(value, list) else value.split(",")
     languages = set()
     for name in (n.strip().lower() for n in names):
@@ -56,7 +65,7 @@ def parse_languages(value: object) -> frozenset[Language]:
             languages.add(Language(name))
         except ValueError:
             valid = ", ".join(lang.value for lang in Language)
-            raise ConfigError(f"languages: unknown language {name!r}; expected {valid}") from None
+            raise ValueError(f"unknown language {name!r}; expected {valid}") from None
     return frozenset(languages)
 
 
@@ -71,7 +80,7 @@ def _flag_languages(flags: int) -> frozenset[Language]:
     """The languages of a numeric ``supervisor_language_flags``; ConfigError for other bits."""
     known = ", ".join(f"{lang.value} {bit}" for lang, bit in LANGUAGE_BITS.items())
     if not 0 <= flags <= MAX_WHOLE:
-        raise ConfigError(f"languages: {flags} is not a sum of the flags {known}")
+        raise ValueError(f"{flags} is not a sum of the flags {known}")
     bits = (1 << n for n in range(flags.bit_length()))
     unknown = [bit for bit in bits if flags & bit and bit not in LANGUAGE_BITS.values()]
     if unknown:
@@ -79,9 +88,8 @@ def _flag_languages(flags: int) -> frozenset[Language]:
             f"{bit} (Qube's {QUBE_OTHER_BITS[bit]})" if bit in QUBE_OTHER_BITS else str(bit)
             for bit in unknown
         )
-        raise ConfigError(
-            f"languages: {flags} holds flags that are no language here: {named};"
-            f" the flags are {known}"
+        raise ValueError(
+            f"{flags} holds flags that are no language here: {named}; the flags are {known}"
         )
     return frozenset(lang for lang, bit in LANGUAGE_BITS.items() if flags & bit)
 
@@ -117,7 +125,7 @@ def coerce(name: str, raw: Any, current: Any, *, text: bool, typed: bool = False
         if isinstance(current, Path) or (current is None and name.endswith("_dir")):
             return Path(str(raw)).expanduser()
         if isinstance(current, frozenset):
-            return parse_languages(raw)
+            return parse_languages(raw, name)
         if dataclasses.is_dataclass(current) and not isinstance(current, type):
             return _coerce_table(name, raw, current, text=text, typed=typed)
         if isinstance(current, float):

@@ -277,9 +277,9 @@ def _policy(
     allowed = languages
     if "languages" in table:
         try:
-            allowed = parse_languages(table["languages"])
+            allowed = parse_languages(table["languages"], f"policies.{name}.languages")
         except ConfigError as err:
-            problems.append(str(key_error(name, "languages", str(err))))
+            problems.append(str(err))
     verbs = policy_keys.named_each(problems, None, lambda: _verbs(name, table))
     default = policy_keys.named_each(
         problems,

@@ -805,10 +805,10 @@ def test_the_largest_max_queue_and_max_concurrent_fit_getmetrics() -> None:
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (37, "languages: 37 holds flags that are no language here: 32 (Qube's dependency)"),
-        ("8", "languages: 8 holds flags that are no language here: 8 (Qube's post)"),
-        (128 + 4, "languages: 132 holds flags that are no language here: 128;"),
-        (-1, "languages: -1 is not a sum of the flags"),
+        (37, "t: languages: 37 holds flags that are no language here: 32 (Qube's dependency)"),
+        ("8", "t: languages: 8 holds flags that are no language here: 8 (Qube's post)"),
+        (128 + 4, "t: languages: 132 holds flags that are no language here: 128;"),
+        (-1, "t: languages: -1 is not a sum of the flags"),
     ],
     ids=["37", "8", "132", "-1"],
 )
@@ -819,6 +819,27 @@ def test_numeric_language_flags_refuse_bits_that_are_no_language(
         config_checks.validate(config_sources.apply(config.Settings(), {"languages": flags}, "t"))
     assert str(caught.value).startswith(message)
     assert str(caught.value).endswith("qube 1, perl 2, python 4, mail 16")
+
+
+@pytest.mark.parametrize(
+    ("environ", "flags", "origin"),
+    [({"CBEXEC_LANGUAGES": "post"}, {}, "environment"), ({}, {"languages": "post"}, "flag")],
+)
+def test_an_unknown_language_names_the_environment_or_the_flag_that_gave_it(
+    environ: dict[str, str], flags: dict[str, object], origin: str
+) -> None:
+    # Probe 176: the languages' own parse named "languages:" alone, whatever gave it.
+    with pytest.raises(ConfigError) as caught:
+        config_sources.layered(None, environ, flags)
+    assert str(caught.value) == (
+        f"{origin}: languages: unknown language 'post'; expected python, perl, qube, mail"
+    )
+
+
+def test_a_policy_s_unknown_language_is_named_once() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config_values.parse_languages("ruby", "policies.job.languages")
+    assert str(caught.value).startswith("policies.job.languages: unknown language 'ruby';")
 
 
 def test_qubes_default_language_flags_name_each_bit_that_is_no_language() -> None:
