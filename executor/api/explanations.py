@@ -134,4 +134,5 @@ def explanation_message(explained: JobExplanation) -> executor_pb2.ExplainCallba
         total_callbacks=explained.total_callbacks,
         next_after_callback_id=explained.next_after_callback_id,
         registration=explained.registration,
+        universal_not_attached=explained.universal_not_attached,
     )

@@ -268,6 +268,8 @@ def format_explanation(reply: Any, *, now_unix: float | None = None) -> str:
     name = f" ({printable(plain['name'])})" if shown else ""
     lines = [f"job {plain['job_id']}{label}{name} in pgrp {plain['pgrp']}"]
     lines.extend(f"{_INDENT}{format_check(check)}" for check in plain["checks"])
+    if plain.get("universal_not_attached"):  # lines a reload added since it registered
+        lines.append(f"{_INDENT}{plain['universal_not_attached']}")
     if not plain["callbacks"]:
         lines.append(f"{_INDENT}no callbacks")
     for explained in plain["callbacks"]:

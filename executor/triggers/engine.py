@@ -447,7 +447,8 @@ class TriggerEngine:
         job's registration ``registration`` when not 0; of each, its first ``max_atoms``
         atoms (0: all). It reads on a snapshot of the
         store for as long as that takes: any thread may call it, and the servicer calls
-        it on a worker thread (``why.explain_job``).
+        it on a worker thread (``why.explain_job``). It says which universal lines loaded
+        now the job does not hold (``UniversalSet.not_attached``).
 
         Raises:
             NotFoundError: the job (or the callback) is not registered.
@@ -464,6 +465,7 @@ class TriggerEngine:
             limit=limit,
             registration=registration,
             max_atoms=max_atoms,
+            not_attached=self._universal_set.not_attached,
         )
         callbacks = []
         for each in explained.callbacks:

@@ -514,6 +514,7 @@ class TriggerStore:
     # Callbacks, their atom index, latches and counts (store_callbacks.py).
     callbacks_in = staticmethod(store_callbacks.callbacks_in)
     callbacks_page = staticmethod(store_callbacks.callbacks_page)
+    universal_lines_of = staticmethod(store_callbacks.universal_lines_of)
     delete_callbacks = staticmethod(store_callbacks.delete_callbacks)
     unindex_callbacks = staticmethod(store_callbacks.unindex_callbacks)
     set_callback_ids_aside = staticmethod(store_callbacks.set_callback_ids_aside)

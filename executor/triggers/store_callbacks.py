@@ -44,6 +44,35 @@ def callbacks_page(
     return [StoredCallback.from_row(row) for row in rows], int(total[0])
 
 
+def universal_lines_of(db: Db, job_id: int, *, most: int) -> list[tuple[str, str]]:
+    """(source, triggers) of each universal callback of a job, up to ``most``: the lines it holds.
+
+    A registration numbers them after the job's own callbacks (registration.callback_specs),
+    so they are its last ids: found from the top down to its first own callback (ids
+    and flags only), not through a job's 100,000 own callbacks and their triggers. A
+    registration attaches no more lines than a set holds (universal.MAX_UNIVERSAL_LINES,
+    the ``most`` to give).
+    """
+    top = db.execute(
+        "SELECT callback_id, universal FROM callbacks WHERE job_id = ?"
+        " ORDER BY callback_id DESC LIMIT ?",
+        (job_id, most),
+    ).fetchall()
+    first = 0
+    for row in top:
+        if not row[1]:
+            break
+        first = int(row[0])
+    if not first:
+        return []
+    rows = db.execute(
+        "SELECT source, triggers FROM callbacks WHERE job_id = ? AND callback_id >= ?"
+        " ORDER BY callback_id",
+        (job_id, first),
+    ).fetchall()
+    return [(str(row[0]), str(row[1])) for row in rows]
+
+
 def delete_callbacks(db: Db, rowids: Collection[int]) -> None:
     """Delete callback rows (their index rows, timers and items go with them)."""
     for part, marks in in_lists(sorted(rowids)):

@@ -59,7 +59,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Final
@@ -543,6 +543,32 @@ def find_line(
         if name is not None and line_name(line.source, line.triggers) == name:
             named.append(line)
     return named[0] if len(named) == 1 else None
+
+
+def lines_not_attached(
+    loaded: Sequence[UniversalCallback],
+    attached: Iterable[tuple[str, str]],
+    directories: Collection[Path],
+) -> list[UniversalCallback]:
+    """The loaded lines none of a job's universal callbacks (``attached``: source, trigger) is.
+
+    Each callback's line as ``find_line`` finds it, asked among the loaded lines of its
+    file name and canonical trigger only (``find_line`` takes no other): a job holds up
+    to 1,000 lines, each asked of up to 1,000 loaded ones.
+    """
+    alike: dict[tuple[str, str], list[UniversalCallback]] = {}
+    for line in loaded:
+        alike.setdefault(_file_and_trigger(line.source, line.triggers), []).append(line)
+    held: set[int] = set()
+    for source, triggers in attached:
+        candidates = alike.get(_file_and_trigger(source, triggers), [])
+        if (found := find_line(candidates, source, triggers, directories)) is not None:
+            held.add(id(found))
+    return [line for line in loaded if id(line) not in held]
+
+
+def _file_and_trigger(source: str, triggers: str) -> tuple[str, str]:
+    return os.path.basename(source), trigger_key(triggers)
 
 
 _CONTROL: Final = re.compile("[\x00-\x1f\x7f]")

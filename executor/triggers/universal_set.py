@@ -2,8 +2,9 @@
 
 universal.py reads and checks the files; this keeps what a load took (a load with
 errors keeps the last good set), the set kept from before a restart for a start-up that
-meets a broken callbacks.conf (``keep_last_good``), and what registered callbacks of a
-line no longer loaded are told (``not_loaded``). A universal callback whose line a load
+meets a broken callbacks.conf (``keep_last_good``), what registered callbacks of a
+line no longer loaded are told (``not_loaded``), and what ``triggers why`` says of the
+lines loaded that a job does not hold (``not_attached``). A universal callback whose line a load
 removed has its timers dropped, at every job (``_stop_clocks_of``); a reload that has the
 line back starts them again (``_restart_clocks_of``). In a fleet, a reload asked for by a
 person bumps a version row the other replicas follow (the engine polls it).
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Final
 
 from executor import triggers
+from executor.bounds import cut
 from executor.errors import UnavailableError
 from executor.plurals import counted
 from executor.policies import PolicySet, not_configured
@@ -36,6 +39,7 @@ from executor.triggers.universal import (
     UniversalConfigError,
     find_line,
     line_name,
+    lines_not_attached,
     load_last_good,
     load_universal,
     save_last_good,
@@ -45,6 +49,10 @@ logger = logging.getLogger(__name__)
 
 # In a fleet: the version row replicas follow to reload the universal callbacks.
 UNIVERSAL_VERSION = "universal"
+# A job's explanation names this many of the lines loaded that it does not hold, then
+# counts the rest (a set holds up to 1,000), each trigger up to this many characters.
+MAX_LINES_NAMED: Final = 5
+MAX_NAMED_TRIGGER_CHARS: Final = 200
 
 
 def kept_line_problem(kept: UniversalCallback, known_policies: Sequence[str] | None) -> str | None:
@@ -406,6 +414,34 @@ class UniversalSet:
     def left_out_line(self, source: str, triggers: str) -> tuple[str, str] | None:
         """The policy a line the set kept from before a restart left out named, and why; or None."""
         return self._left_out.get(line_name(source, triggers))
+
+    def not_attached(self, attached: Iterable[tuple[str, str]]) -> str:
+        """Why lines loaded now do nothing for a job: those it does not hold, in words ("" if none).
+
+        ``attached``: its universal callbacks (source, trigger). A registration attaches
+        every line its replica had loaded, and a job keeps them until it is registered
+        again (registrar.py): a line loaded here that it does not hold was loaded after
+        it registered, or, in a fleet, is missing from the callbacks.conf of the replica
+        that registered it. Named up to ``MAX_LINES_NAMED``, then counted.
+        """
+        missing = lines_not_attached(self._universal, attached, self._universal_dirs)
+        if not missing:
+            return ""
+        named = ", ".join(
+            f"{line.source} = {cut(line.triggers, MAX_NAMED_TRIGGER_CHARS)}"
+            for line in missing[:MAX_LINES_NAMED]
+        )
+        if len(missing) > MAX_LINES_NAMED:
+            named += f" and {len(missing) - MAX_LINES_NAMED} more"
+        fleet = (
+            " (or missing from the callbacks.conf of the replica it was registered at)"
+            if self._store.fleet
+            else ""
+        )
+        return (
+            f"universal lines loaded after this job's registration{fleet} are not attached"
+            f" to it: {named}; a job takes the current set when it is registered again"
+        )
 
     def not_loaded(self, source: str, triggers: str) -> str:
         """The refusal of a registered universal callback whose line is not in the set loaded.

@@ -8,7 +8,8 @@ known state; a clock atom's timer as stored: when it is next due, or, without on
 why: it fired, or its clock was stopped), the checks registration found, and the
 newest journal entries. A ``{work}`` callback shows its work items compactly: up to
 ``MAX_ITEMS_IN_FULL`` items holding a latch each in full with its atoms, the others
-grouped by latches and count (one item in full on request).
+grouped by latches and count (one item in full on request). Of the job, the universal
+lines loaded now that it does not hold (the engine words it: ``not_attached``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from executor.triggers.nodes import (
 )
 from executor.triggers.store import TriggerStore
 from executor.triggers.store_rows import EDGE, StoredCallback
+from executor.triggers.universal import MAX_UNIVERSAL_LINES
 from executor.visible_text import printable
 
 # Up to this many work items holding latches are explained one by one (with their atoms
@@ -187,6 +189,9 @@ class JobExplanation:
     # Which registration of the job this describes (TriggerStore.put_job's number): the
     # pages after the first name it, so that no answer mixes two registrations' pages.
     registration: int = 0
+    # The universal lines loaded now that this registration does not hold, in words
+    # (``UniversalSet.not_attached``); "" when it holds them all.
+    universal_not_attached: str = ""
 
 
 def explain_job(
@@ -201,6 +206,7 @@ def explain_job(
     limit: int,
     registration: int = 0,
     max_atoms: int = 0,
+    not_attached: Callable[[list[tuple[str, str]]], str] | None = None,
 ) -> JobExplanation:
     """Explain a job's callbacks: those with ids above ``after_callback_id``, at most ``limit``.
 
@@ -210,7 +216,9 @@ def explain_job(
     take (a page of a big job: a fraction of a second): call it on a worker thread. It reads on a snapshot connection
     (``TriggerStore.snapshot``), so it holds no lock that events or the loop wait for.
     ``registration`` (a page after the first: the first page's): the registration the
-    answer must describe; 0 for the job as it stands.
+    answer must describe; 0 for the job as it stands. ``not_attached``: the universal
+    lines loaded now that the job's universal callbacks (source, trigger) are not, in
+    words (``UniversalSet.not_attached``); read from the same snapshot as the rest.
 
     Raises:
         NotFoundError: the job or the callback is not registered.
@@ -272,6 +280,11 @@ def explain_job(
             # As the label stands now, as the atoms are: it may have moved since.
             check = checks.as_it_stands(stored, view.holder(stored.pgrp, stored.label))
             by_callback.setdefault(check.callback_id, []).append(check)
+        unattached = (
+            not_attached(TriggerStore.universal_lines_of(db, job_id, most=MAX_UNIVERSAL_LINES))
+            if not_attached is not None
+            else ""
+        )
         explained = tuple(
             _callback(
                 db,
@@ -295,6 +308,7 @@ def explain_job(
         total_callbacks=total,
         next_after_callback_id=callbacks[-1].callback_id if more else 0,
         registration=current,
+        universal_not_attached=unattached,
     )
 
 

@@ -10,7 +10,9 @@ journal. For a job the engine no longer knows it falls back to
 trigger, each atom's latch, count and maximum) and names the atoms whose events have not
 happened yet in the engine's own words (``triggers.explain.describe_atom``); so does
 each callback past the first answer of a job with more callbacks than one answer holds
-(1000: one call per job shown). The pages only read ``Explanation``.
+(1000: one call per job shown). The pages only read ``Explanation``, and of the job
+the notes the engine adds (``JobExplanations.notes``: the universal lines loaded since
+it registered, which it does not hold).
 
 Bounded by what a page shows, not by what is registered: a callback's first
 ``MAX_ATOMS_SHOWN`` atoms only (a legal trigger holds thousands, and the engine reads
@@ -86,10 +88,6 @@ class Explanation:
     atoms_left_out: int = 0
 
 
-# A job (ListRegisteredJobs' RegisteredJob) -> callback id -> its explanation.
-Explainer = Callable[[Any], Mapping[int, Explanation]]
-
-
 @lru_cache(maxsize=4096)
 def _parsed(text: str) -> Expr | None:
     try:
@@ -119,25 +117,31 @@ def explain_callback(callback: Any) -> Explanation:
 
 
 def explain_from_latches(
-    job: Any, answered: Mapping[int, Explanation] | None = None
-) -> Mapping[int, Explanation]:
+    job: Any, answered: Mapping[int, Explanation] | None = None, notes: tuple[str, ...] = ()
+) -> JobExplanations:
     """A registered job's callbacks explained: as ``answered`` (the engine's), else from their latches.
 
-    Each from its latches only when the page looks it up (``_FromLatches``).
+    Each from its latches only when the page looks it up (``JobExplanations``).
     """
-    return _FromLatches(job, answered or {})
+    return JobExplanations(job, answered or {}, notes)
 
 
-class _FromLatches(Mapping[int, Explanation]):
-    """Explanations made when looked up: a page looks up the rows it shows, not every callback.
+class JobExplanations(Mapping[int, Explanation]):
+    """A job's callbacks' explanations by id, made when looked up, and what is said of the job.
 
-    Made all at once, a job of 150 callbacks of 2,500 atoms cost seconds of parsing at
-    every refresh for the few rows a page shows.
+    A page looks up the rows it shows, not every callback: made all at once, a job of
+    150 callbacks of 2,500 atoms cost seconds of parsing at every refresh for the few
+    rows a page shows.
     """
 
-    def __init__(self, job: Any, answered: Mapping[int, Explanation]) -> None:
+    def __init__(
+        self, job: Any, answered: Mapping[int, Explanation], notes: tuple[str, ...] = ()
+    ) -> None:
         self._callbacks = {callback.id: callback for callback in job.callbacks}
         self._made = dict(answered)
+        # Of the job rather than a callback, in the engine's words (ExplainCallbacks'
+        # universal_not_attached); none from the latches alone.
+        self.notes = notes
 
     def __getitem__(self, callback_id: int) -> Explanation:
         if callback_id not in self._made:
@@ -149,6 +153,10 @@ class _FromLatches(Mapping[int, Explanation]):
 
     def __len__(self) -> int:
         return len(self._callbacks)
+
+
+# A job (ListRegisteredJobs' RegisteredJob) -> its callbacks' explanations, and its notes.
+Explainer = Callable[[Any], JobExplanations]
 
 
 class _Named:
@@ -267,14 +275,13 @@ def explain_reply(reply: Any) -> dict[int, Explanation]:
 def explain_from_engine(source: Any) -> Explainer:
     """The Explainer that asks the trigger engine (``source.explain``: ExplainCallbacks)."""
 
-    def explain(job: Any) -> Mapping[int, Explanation]:
+    def explain(job: Any) -> JobExplanations:
         reply = source.explain(job.id, limit=explained_callbacks(job), max_atoms=MAX_ATOMS_SHOWN)
         if reply is None:  # removed meanwhile: what ListRegisteredJobs said is all there is
             return explain_from_latches(job)
-        explained = explain_reply(reply)
-        if reply.next_after_callback_id:  # the callbacks past the first page: their latches
-            return explain_from_latches(job, explained)
-        return explained
+        # The callbacks past the first page (next_after_callback_id): from their latches.
+        notes = (reply.universal_not_attached,) if reply.universal_not_attached else ()
+        return explain_from_latches(job, explain_reply(reply), notes)
 
     return explain
 

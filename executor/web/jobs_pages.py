@@ -29,7 +29,7 @@ from typing import Any, Final
 from executor import triggers
 from executor.plurals import counted, counted_are
 from executor.triggers.nodes import Atom, EventType, Expr, render
-from executor.web.explain import Explainer, Explanation
+from executor.web.explain import Explainer, Explanation, JobExplanations
 from executor.web.frame_strip import Frame, StripDrawn, draw_strip, in_agenda_order, tally
 from executor.web.html import Html, esc, join, tag
 from executor.web.layout import filter_notice, live, notice
@@ -148,7 +148,7 @@ def jobs_body(source: Any, query: JobsQuery, explain: Explainer) -> Html:
     return join(parts)
 
 
-def _job(job: Any, explanations: Mapping[int, Explanation]) -> Html:
+def _job(job: Any, explanations: JobExplanations) -> Html:
     facts = [
         f"pgrp {job.pgrp}",
         f"label {job.label}" if job.label else "",
@@ -163,10 +163,13 @@ def _job(job: Any, explanations: Mapping[int, Explanation]) -> Html:
         " ",
         tag("a", "runs", href=f"/runs?job={job.id}", class_="small"),
     )
+    # As `triggers why` says them, under the job's title: universal lines it does not hold.
+    notes = [tag("p", note, class_="hint job-note") for note in explanations.notes]
     if not job.callbacks:
         return tag(
             "section",
             title,
+            *notes,
             tag("p", "No callbacks.", class_="hint"),
             class_="job",
             id=f"job-{job.id}",
@@ -201,7 +204,7 @@ def _job(job: Any, explanations: Mapping[int, Explanation]) -> Html:
         if left_out
         else ""
     )
-    return tag("section", title, table, more, class_="job", id=f"job-{job.id}")
+    return tag("section", title, *notes, table, more, class_="job", id=f"job-{job.id}")
 
 
 def _callbacks_in(items: list[Any]) -> int:

@@ -87,3 +87,31 @@ async def test_a_line_this_replica_never_read_is_not_said_to_be_removed(
         f"universal callback {here}/tagged.qcb = complete-job-self is not in this "
         "replica's callbacks.conf: not run"
     )
+
+
+async def test_why_at_a_replica_names_a_line_the_registering_replica_had_not_loaded(
+    replicas: tuple[TriggerEngine, TriggerEngine, Recorder, Path, Path],
+) -> None:
+    r1, r3, _, here, there = replicas
+    (here / "callbacks.conf").write_text(LINE)  # forgotten at r3
+    assert r1.reload_universal(fleet_wide=True) == []
+    assert r3.reload_universal() == []  # its poll: its own file, without the line
+    r3.register_job(job(83))
+
+    # Loaded at r1 after the job registered, or missing at the replica it registered at:
+    # which of the two, r1 cannot tell, so it says both.
+    assert r1.explain(83).universal_not_attached == (
+        "universal lines loaded after this job's registration (or missing from the"
+        " callbacks.conf of the replica it was registered at) are not attached to it:"
+        f" {here}/tagged.qcb = complete-job-self; a job takes the current set when it is"
+        " registered again"
+    )
+    assert r3.explain(83).universal_not_attached == ""
+    # A job registered at r1 holds the line r3 has at its own path (the same names).
+    (there / "callbacks.conf").write_text(LINE)
+    assert r3.reload_universal() == []
+    r1.register_job(job(84))
+    assert r3.explain(84).universal_not_attached == ""
+    # Registered again at r3, job 83 takes r3's set, which has the line now.
+    r3.register_job(job(83))
+    assert r1.explain(83).universal_not_attached == ""

@@ -387,3 +387,38 @@ async def test_why_says_a_fired_time_and_a_removed_lines_clock_will_not_come(
     code, out, _ = await cbexec("triggers", "why", "953", "--json", "--address", stack.address)
     (explained,) = json.loads(out)["callbacks"]
     assert explained["atoms"][0]["next_due_unix"] == 0
+
+
+async def test_why_names_the_universal_lines_loaded_after_the_jobs_registration(
+    stack_warm: Stack,
+) -> None:
+    # The admin's first question (probe): a line added and reloaded did nothing for a
+    # job registered before, and `why` said only "no callbacks".
+    stack = stack_warm
+    await stack.client.register_job({"id": 960, "user": "u", "callbacks": []})
+    conf = stack.settings.data_dir / "callback"
+    conf.mkdir(exist_ok=True)
+    (conf / "notify.py").write_text("print('notify')\n")
+    (conf / "callbacks.conf").write_text("notify.py = done-job-self\n")
+    assert (await stack.client.reload_universal_callbacks()).active == 1
+
+    code, out, err = await cbexec("triggers", "why", "960", "--address", stack.address)
+
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "job 960 in pgrp 960",
+        "  universal lines loaded after this job's registration are not attached to it:"
+        f" {conf}/notify.py = done-job-self; a job takes the current set when it is"
+        " registered again",
+        "  no callbacks",
+    ]
+    # A job registered after the reload has the line, and nothing to say of it.
+    await stack.client.register_job({"id": 961, "user": "u", "callbacks": []})
+    later = await stack.client.explain_callbacks(961)
+    assert [each.callback.source for each in later.callbacks] == [f"{conf}/notify.py"]
+    assert later.universal_not_attached == ""
+    # Registered again, the first job takes the set loaded now: the note goes.
+    await stack.client.register_job({"id": 960, "user": "u", "callbacks": []})
+    again = await stack.client.explain_callbacks(960)
+    assert [each.callback.source for each in again.callbacks] == [f"{conf}/notify.py"]
+    assert again.universal_not_attached == ""

@@ -307,6 +307,51 @@ async def test_why_says_a_removed_universal_lines_clock_is_stopped(
     ) in text.splitlines()
 
 
+async def test_why_names_the_universal_lines_loaded_since_the_job_registered(
+    tmp_path: Path, engines: Engines
+) -> None:
+    conf = tmp_path / "callback"
+    conf.mkdir()
+    names = "abcdefgh"
+    for name in names:
+        (conf / f"{name}.py").write_text(f"print({name!r})\n")
+    (conf / "callbacks.conf").write_text("a.py = submit-job-self\n")
+    engine = engines(Recorder(), universal_dirs=[conf])
+    assert engine.reload_universal() == []
+    own = {"id": 40, "pgrp": 40, "callbacks": [cb("complete-job-self"), cb("done-job-self")]}
+    engine.register_job(own)
+    assert engine.explain(40).universal_not_attached == ""
+    (conf / "callbacks.conf").write_text(
+        "".join(f"{name}.py = done-job-self\n" for name in names[1:]) + "a.py = submit-job-self\n"
+    )
+    assert engine.reload_universal() == []
+
+    text = format_explanation(explanation_message(engine.explain(40)))
+
+    # Bounded: the first five lines it does not hold named, the others counted.
+    named = ", ".join(f"{conf}/{name}.py = done-job-self" for name in "bcdef")
+    note = (
+        f"universal lines loaded after this job's registration are not attached to it: {named}"
+        " and 2 more; a job takes the current set when it is registered again"
+    )
+    assert text.splitlines()[:3] == [
+        "job 40 in pgrp 40",
+        f"  {note}",
+        "",
+    ]
+    assert "callback 3 (universal, " in text  # the line it holds is explained as before
+    # After a restart the set loaded at start-up is compared with what the job holds.
+    restarted = engines(Recorder(), universal_dirs=[conf])
+    assert restarted.reload_universal() == []
+    assert restarted.explain(40).universal_not_attached == note
+    # One page of one callback says it too: it is of the job.
+    assert restarted.explain(40, 1).universal_not_attached == note
+    # Registered again, the job takes the set loaded now.
+    restarted.register_job(own)
+    assert restarted.explain(40).universal_not_attached == ""
+    assert len(restarted.explain(40).callbacks) == 2 + len(names)
+
+
 async def test_a_dry_run_says_why_per_callback(engines: Engines) -> None:
     engine = engines(Recorder())
     engine.register_job(

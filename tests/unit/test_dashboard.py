@@ -453,6 +453,45 @@ def jobs_html(source: Any, *, engine: bool = True) -> str:
     return dashboard.handle(get("/jobs?job=9")).body.decode()
 
 
+class NotAttachedSource(FakeSource):
+    """Job 9 as the engine explains it: a universal line loaded since it registered."""
+
+    NOTE = (
+        "universal lines loaded after this job's registration are not attached to it:"
+        f" /srv/callback/{HOSTILE}.py = done-job-self; a job takes the current set when it"
+        " is registered again"
+    )
+
+    def __init__(self, callbacks: list[Any]) -> None:
+        super().__init__()
+        self.callbacks = callbacks
+
+    def list_jobs(self, **_: object) -> Any:
+        job = executor_pb2.RegisteredJob(id=9, pgrp=9, callbacks=self.callbacks)
+        return executor_pb2.ListRegisteredJobsResponse(jobs=[job], total=1)
+
+    def explain(self, job_id: int, journal_limit: int = 5, **_: object) -> Any:
+        return executor_pb2.ExplainCallbacksResponse(
+            job_id=9,
+            pgrp=9,
+            callbacks=[executor_pb2.CallbackExplanation(callback=cb) for cb in self.callbacks],
+            universal_not_attached=self.NOTE,
+        )
+
+
+@pytest.mark.parametrize("callbacks", [[], [callback("complete-job-self", [False])]])
+def test_the_jobs_page_says_which_universal_lines_a_job_does_not_hold(
+    callbacks: list[Any],
+) -> None:
+    # It said "No callbacks." and nothing of the line a reload had just added (probe).
+    page = jobs_html(NotAttachedSource(callbacks))
+
+    assert f'<p class="hint job-note">{esc(NotAttachedSource.NOTE)}</p>' in page
+    assert HOSTILE not in page
+    # From the latches alone (the engine not asked) nothing is known of it.
+    assert "job-note" not in jobs_html(NotAttachedSource(callbacks), engine=False)
+
+
 def strip_cells(page: str) -> list[tuple[str, str]]:
     """(class, frame) of each cell of the page's strips, in order."""
     return re.findall(r'<span class="(frame[^"]*)" title="[^"]*">([^<]*)</span>', page)

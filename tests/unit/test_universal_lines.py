@@ -15,6 +15,7 @@ from executor.triggers.universal import (
     UniversalCallback,
     UniversalConfigError,
     find_line,
+    lines_not_attached,
     load_universal,
 )
 from supervisor_client.qbcallback.v1 import executor_pb2
@@ -141,6 +142,26 @@ def test_find_line_matches_the_file_and_the_trigger() -> None:
     both = [*loaded, UniversalCallback("/c/a/blockme.py", "python", "", "failed-job-self")]
     assert find_line(both, "/elsewhere/a/blockme.py", "failed-job-self", here) is None
     assert find_line(both, "/c/a/blockme.py", "failed-job-self", here) is both[-1]
+
+
+def test_the_lines_a_job_does_not_hold_are_those_find_line_finds_none_of_its_for() -> None:
+    live = UniversalCallback("/a/blockme.py", "python", "", "submit-job-self")
+    shadow = UniversalCallback("/a/blockme.py", "python", "", "failed-job-self", shadow=True)
+    added = UniversalCallback("/b/notify.py", "python", "", "done-job-self")
+    loaded = [live, shadow, added]
+    here = [Path("/a"), Path("/b")]
+
+    # Its lines however spaced, and one registered at another replica's path: held.
+    held = [("/a/blockme.py", " submit-job-self "), ("/elsewhere/a/blockme.py", "failed-job-self")]
+    assert lines_not_attached(loaded, held, here) == [added]
+    # A line whose trigger changed is another line; a directory configured here keeps
+    # its lines, never taken for another directory's.
+    assert lines_not_attached(loaded, [("/a/blockme.py", "done-job-self")], here) == loaded
+    assert lines_not_attached(loaded, [("/b/blockme.py", "submit-job-self")], here) == loaded
+    # Two loaded lines of its directory's and file's names: it is neither (find_line: None).
+    both = [*loaded, UniversalCallback("/c/a/blockme.py", "python", "", "failed-job-self")]
+    assert lines_not_attached(both, [("/elsewhere/a/blockme.py", "failed-job-self")], here) == both
+    assert lines_not_attached([], held, here) == []
 
 
 def test_one_file_with_one_trigger_twice_is_a_load_error(tmp_path: Path) -> None:

@@ -1559,6 +1559,7 @@ class ExplainCallbacksResponse(_message.Message):
     TOTAL_CALLBACKS_FIELD_NUMBER: _builtins.int
     NEXT_AFTER_CALLBACK_ID_FIELD_NUMBER: _builtins.int
     REGISTRATION_FIELD_NUMBER: _builtins.int
+    UNIVERSAL_NOT_ATTACHED_FIELD_NUMBER: _builtins.int
     job_id: _builtins.int
     """The job."""
     name: _builtins.str
@@ -1578,6 +1579,13 @@ class ExplainCallbacksResponse(_message.Message):
     each registration of any job, never the same twice (a job registered again, even
     after its removal, gets a new one). Give it as the registration of the requests
     for the next pages. 0 from an executor from before this field.
+    """
+    universal_not_attached: _builtins.str
+    """The universal callbacks.conf lines the answering executor has loaded that this
+    registration of the job does not hold, in words (the first 5 named, then counted),
+    with what to do: a registration takes the lines loaded then, and a job keeps them
+    until it is registered again. "" when it holds them all (and from an executor from
+    before this field).
     """
     @_builtins.property
     def callbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallbackExplanation]:
@@ -1599,10 +1607,11 @@ class ExplainCallbacksResponse(_message.Message):
         total_callbacks: _builtins.int = ...,
         next_after_callback_id: _builtins.int = ...,
         registration: _builtins.int = ...,
+        universal_not_attached: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["callbacks", b"callbacks", "checks", b"checks", "job_id", b"job_id", "label", b"label", "name", b"name", "next_after_callback_id", b"next_after_callback_id", "pgrp", b"pgrp", "registration", b"registration", "total_callbacks", b"total_callbacks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["callbacks", b"callbacks", "checks", b"checks", "job_id", b"job_id", "label", b"label", "name", b"name", "next_after_callback_id", b"next_after_callback_id", "pgrp", b"pgrp", "registration", b"registration", "total_callbacks", b"total_callbacks", "universal_not_attached", b"universal_not_attached"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
