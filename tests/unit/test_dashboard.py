@@ -10,6 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -233,6 +234,24 @@ def test_a_request_the_executor_refuses_is_a_400_with_its_reason() -> None:
     assert "&#x27;abcd&#x27; is the start of several runs; give more" in page.body.decode()
 
 
+@contextmanager
+def source_on_a_loop(client: object, **options: Any) -> Iterator[ExecutorSource]:
+    """An ExecutorSource over ``client``, made on its loop's thread as the server makes it."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+
+        async def make() -> ExecutorSource:
+            return ExecutorSource(loop, cast(Any, client), cast(Any, None), **options)
+
+        yield asyncio.run_coroutine_threadsafe(make(), loop).result(5)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
 def test_the_source_tells_a_refused_request_from_an_executor_that_is_away() -> None:
     class Client:
         async def get_run(self, invocation_id: str) -> Any:
@@ -242,24 +261,12 @@ def test_the_source_tells_a_refused_request_from_an_executor_that_is_away() -> N
             }.get(invocation_id, grpc.StatusCode.UNAVAILABLE)
             raise ExecutorRpcError(code, f"about {invocation_id}")
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-
-        async def make() -> ExecutorSource:  # made on the loop's thread, as the server does
-            return ExecutorSource(loop, cast(Any, Client()), cast(Any, None))
-
-        source = asyncio.run_coroutine_threadsafe(make(), loop).result(5)
+    with source_on_a_loop(Client()) as source:
         with pytest.raises(SourceRefused, match="about abcd"):
             source.get_run("abcd")
         assert source.get_run("gone") is None
         with pytest.raises(SourceUnavailable, match="UNAVAILABLE: about down"):
             source.get_run("down")
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
 
 
 def test_healthz_answers_at_once_from_the_last_status_while_the_loop_is_held() -> None:
@@ -320,15 +327,7 @@ def test_healthz_says_the_status_read_with_its_problems() -> None:
                 storage_problem="cannot write outbox.db", health_status="NOT_SERVING"
             )
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-
-        async def make() -> ExecutorSource:  # made on the loop's thread, as the server does
-            return ExecutorSource(loop, cast(Any, Client()), cast(Any, None))
-
-        source = asyncio.run_coroutine_threadsafe(make(), loop).result(5)
+    with source_on_a_loop(Client()) as source:
         answer = Dashboard(source, CollectorRegistry(), Access("")).handle(get("/healthz"))
         assert (answer.status, json.loads(answer.body)) == (
             503,
@@ -338,10 +337,6 @@ def test_healthz_says_the_status_read_with_its_problems() -> None:
                 "slots_problem": "",
             },
         )
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
 
 
 def test_run_filters_parse_and_round_trip() -> None:
