@@ -343,8 +343,14 @@ async def test_a_hung_executor_does_not_hold_up_a_new_clients_first_burst(
         assert await eventually(lambda: _total(direct, 9), timeout_s=10)
         each = await _runs_each(direct)
         assert min(each) >= 4, each  # 4/5
-        # ~1 s: the spreading 0.25 s (LATE_ANSWER_S), then nine 0.3 s callbacks on two.
-        assert took < CONNECT_WAIT_S, took
+        # The same burst from a client that lists only the live two, in the same run: the
+        # machine's own pace (a fixed 2 s failed under a loaded suite's, 2.09 s).
+        async with ExecutorClient(direct) as live_only:
+            started = time.monotonic()
+            await _burst(live_only, 9)
+            paced = time.monotonic() - started
+        # The spreading's 0.25 s (LATE_ANSWER_S) more, not the CONNECT_WAIT_S it waited.
+        assert took < paced + CONNECT_WAIT_S / 2, (took, paced)
 
 
 async def test_a_list_of_any_length_reaches_its_executors(tmp_path: Path) -> None:
