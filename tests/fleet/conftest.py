@@ -57,7 +57,9 @@ async def engines(either_store: str) -> AsyncIterator[MakeEngine]:
     """Trigger engines on ``either_store`` (started unless ``start=False``), closed after."""
 
     def open_engine(**kwargs: Any) -> TriggerEngine:
-        return TriggerEngine(TriggerStore(either_store), Recorder(), limits=LIMITS, **kwargs)
+        recorder = Recorder()
+        kwargs.setdefault("recorded_result", recorder.results.get)  # as engine_at's
+        return TriggerEngine(TriggerStore(either_store), recorder, limits=LIMITS, **kwargs)
 
     async with engines_made(open_engine) as make:
         yield make

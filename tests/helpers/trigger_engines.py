@@ -122,7 +122,12 @@ def finish_firings(engine: TriggerEngine) -> None:
 
 
 def engine_at(path: Path, recorder: Recorder, **kwargs: Any) -> TriggerEngine:
-    """An engine that is not started: it decides, and queues what it fires."""
+    """An engine that is not started: it decides, and queues what it fires.
+
+    Its results of record are what ``recorder`` ran (unless told): without them a
+    waiting resend looked for its firings' results for ``RECORD_WAIT_S`` (30 s).
+    """
+    kwargs.setdefault("recorded_result", recorder.results.get)
     return TriggerEngine(TriggerStore(str(path / "triggers.db")), recorder, limits=LIMITS, **kwargs)
 
 
