@@ -1,8 +1,8 @@
 """Which of the executor's databases a file is, and what each holds.
 
-Each database's kind is in its header (``_KINDS``), checked at start-up
-(``_check_kind``): another of the executor's databases at its path is refused, never
-written into. What each holds (``_holding``) goes into the refusals that say what
+Each database's kind is in its header (``KINDS``), checked at start-up
+(``check_kind``): another of the executor's databases at its path is refused, never
+written into. What each holds (``holding``) goes into the refusals that say what
 moving a file aside would lose.
 """
 
@@ -23,7 +23,7 @@ _HOLDS: Final = {
 }
 
 
-def _holding(path: Path) -> str:
+def holding(path: Path) -> str:
     """`` (it holds ...)`` for one of the executor's databases, else empty."""
     holds = _HOLDS.get(path.name)
     return f" (it holds {holds})" if holds else ""
@@ -33,7 +33,7 @@ def _holding(path: Path) -> str:
 # and two letters), and the tables only that kind has: a database of another kind at its
 # path (triggers.db copied over outbox.db) is refused, not given the tables it lacks and
 # written into. Earlier versions wrote no id: their kind is read off their tables.
-_KINDS: Final = {
+KINDS: Final = {
     "outbox.db": (0x63626F62, frozenset({"outbox"})),
     "triggers.db": (0x63627467, frozenset({"atoms", "firings"})),
     "runs.db": (0x63627275, frozenset({"runs"})),
@@ -41,29 +41,29 @@ _KINDS: Final = {
 }
 
 
-def _application_id(db: sqlite3.Connection) -> int:
+def application_id(db: sqlite3.Connection) -> int:
     return int(db.execute("PRAGMA application_id").fetchone()[0])
 
 
-def _check_kind(db: sqlite3.Connection, path: Path) -> None:
+def check_kind(db: sqlite3.Connection, path: Path) -> None:
     """Raise ConfigError when the database at ``path`` is another of the executor's.
 
     Its header's application id says which it is; without one (an earlier version's, or
     a new file), its tables do. One page read, or the schema's: cheap at start-up.
     """
-    expected = _KINDS.get(path.name)
+    expected = KINDS.get(path.name)
     if expected is None:
         return
-    found = _application_id(db)
+    found = application_id(db)
     if found == expected[0]:
         return
     if found:
-        other = next((name for name, (mark, _) in _KINDS.items() if mark == found), None)
+        other = next((name for name, (mark, _) in KINDS.items() if mark == found), None)
     else:
         tables = {str(row[0]) for row in db.execute("SELECT name FROM sqlite_master")}
         if tables & expected[1]:
             return  # ours, from before the mark
-        other = next((name for name, (_, own) in _KINDS.items() if tables & own), None)
+        other = next((name for name, (_, own) in KINDS.items() if tables & own), None)
         if other is None:
             return  # new, or none of the executor's: taken as before
     if other is None:  # a mark none of ours has

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Final
 
 from executor import sqlite_shm
-from executor.database_kinds import _KINDS, _application_id, _check_kind, _holding
+from executor.database_kinds import KINDS, application_id, check_kind, holding
 from executor.errors import ConfigError
 from executor.sqlite_codes import primary_code
 from executor.storage_failures import (
-    _DAMAGE_CODES,
-    _EFFECTIVE_IDS,
-    _FAILING_STORAGE_CODES,
-    _cannot_write,
+    DAMAGE_CODES,
+    EFFECTIVE_IDS,
+    FAILING_STORAGE_CODES,
+    cannot_write,
     is_busy,
 )
 
@@ -73,7 +73,7 @@ def open_database(
 
     Raises ConfigError naming the file when it exists but is not a sound SQLite database
     (``_file_problem``, then SQLite's ``quick_check``) or is another of the executor's
-    databases (``_check_kind``); the file is left exactly as it was. A database of the
+    databases (``check_kind``); the file is left exactly as it was. A database of the
     right kind is marked as such when it is not yet (new, or from an earlier version).
     """
     in_memory = str(path) == ":memory:"  # tests' stores: no file is made for it
@@ -97,8 +97,8 @@ def open_database(
     try:
         with opening(path):
             _verify(db, Path(path))
-            kind = _KINDS.get(Path(path).name)
-            if kind is not None and _application_id(db) != kind[0]:
+            kind = KINDS.get(Path(path).name)
+            if kind is not None and application_id(db) != kind[0]:
                 db.execute(f"PRAGMA application_id = {kind[0]}")
     except BaseException:
         db.close()
@@ -187,7 +187,7 @@ def _verify(db: sqlite3.Connection, path: Path) -> None:
     not a traceback at start-up or a storage that fails at some later write.
     """
     whole = path.name in _CHECKED_WHOLE
-    _check_kind(db, path)
+    check_kind(db, path)
     if not whole:  # what start-up reads of it: the schema, and the runs' count
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         if "runs" in tables:
@@ -204,7 +204,7 @@ def damaged(path: Path, why: str) -> str:
     return (
         f"{path}: {why}: the file is damaged or is not one of the executor's databases. "
         "It was left untouched: restore it from a backup, or move it aside to start "
-        f"with an empty one{_holding(path)}"
+        f"with an empty one{holding(path)}"
     )
 
 
@@ -217,10 +217,10 @@ def unusable(path: Path, err: sqlite3.Error) -> str:
     file, and moving aside an ``outbox.db`` loses the results it holds.
     """
     code = primary_code(err)
-    if code in _DAMAGE_CODES:
+    if code in DAMAGE_CODES:
         return damaged(path, str(err))
-    kept = _holding(path)
-    if code in _FAILING_STORAGE_CODES:
+    kept = holding(path)
+    if code in FAILING_STORAGE_CODES:
         return refused_by_storage(path, str(err))
     if is_busy(err):
         return (
@@ -236,7 +236,7 @@ def refused_by_storage(path: Path, cause: str) -> str:
         f"{path}: {cause}: the storage refused it (an I/O error, a read-only filesystem or "
         "file, a full disk); the file is not known to be damaged. It was left untouched: "
         "mend the storage (a filesystem the kernel made read-only after an error says why "
-        f"in the kernel log), then start again; do not move the file aside{_holding(path)}"
+        f"in the kernel log), then start again; do not move the file aside{holding(path)}"
     )
 
 
@@ -250,8 +250,8 @@ def _unwritable(path: Path) -> None:
     no for an immutable file (``chattr +i``) even to root.
     """
     for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        if file.is_file() and not os.access(file, os.W_OK, effective_ids=_EFFECTIVE_IDS):
-            raise ConfigError(refused_by_storage(path, _cannot_write(file)))
+        if file.is_file() and not os.access(file, os.W_OK, effective_ids=EFFECTIVE_IDS):
+            raise ConfigError(refused_by_storage(path, cannot_write(file)))
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Final
 
-from executor.pg_errors import StoreUnavailable, _first_line
+from executor.pg_errors import StoreUnavailable, first_line
 
 # How long a connection attempt to PostgreSQL may take before the call is answered UNAVAILABLE.
 CONNECT_TIMEOUT_S: Final = 3
@@ -74,7 +74,7 @@ class PgConnector:
                 **self._limits,
             )
         except psycopg.OperationalError as err:
-            raise StoreUnavailable(f"PostgreSQL store unreachable: {_first_line(err)}") from err
+            raise StoreUnavailable(f"PostgreSQL store unreachable: {first_line(err)}") from err
 
     def connect_again(self, wait_s: float = RECONNECT_WAIT_S) -> Any:
         """A new connection for the lost one, without holding the caller past a moment.

@@ -26,16 +26,16 @@ from executor.pg_errors import (
     StoreLockTimeout,
     StorePermissionDenied,
     StoreUnavailable,
-    _first_line,
-    _server_said,
-    _server_short,
-    _session_ended,
+    first_line,
+    server_said,
+    server_short,
+    session_ended,
 )
 from executor.pg_prepared import (
     PreparedStatements,
-    _first_result,
-    _first_row_of,
-    _result_checked,
+    first_result,
+    first_row_of,
+    result_checked,
 )
 from executor.pg_spelling import pg_sql
 
@@ -131,7 +131,7 @@ class PgDb:
 
         Its columns are booleans, integers, floats or text (``_PG_TEXT_VALUES``).
         """
-        return _first_row_of(self._prepared_result(sql, parameters))
+        return first_row_of(self._prepared_result(sql, parameters))
 
     def send_prepared(self, sql: str, parameters: Sequence[Any], /) -> bool:
         """Send a hot query now and take its first row later (``take_sent_row``).
@@ -175,12 +175,12 @@ class PgDb:
                 raise StoreUnavailable("PostgreSQL store unreachable: the connection was lost")
             with self._errors_translated():
                 pgconn = self._conn.pgconn
-                return _first_row_of(_result_checked(pgconn, _first_result(pgconn)))
+                return first_row_of(result_checked(pgconn, first_result(pgconn)))
 
     def _prepared_result(self, sql: str, parameters: Sequence[Any]) -> Any:
         def run(conn: Any, _: str) -> Any:
             self._statements.send(conn, sql, parameters)
-            return _result_checked(conn.pgconn, _first_result(conn.pgconn))
+            return result_checked(conn.pgconn, first_result(conn.pgconn))
 
         return self._run(sql, run, translate=False)
 
@@ -211,7 +211,7 @@ class PgDb:
                 conn.pgconn.consume_input()
         except (psycopg.OperationalError, OSError) as err:
             # libpq has marked the connection bad: ``_lost`` says so from now on.
-            logger.info("a PostgreSQL connection was closed while idle: %s", _first_line(err))
+            logger.info("a PostgreSQL connection was closed while idle: %s", first_line(err))
 
     def _reconnect_if_lost(self, verb: str) -> bool:
         """Connect again after a lost connection; False when there is nothing to run.
@@ -378,18 +378,18 @@ class PgDb:
             # loser runs again and then sees the winner's row.
             errors.UniqueViolation,
         ) as err:
-            raise StoreConflict(f"PostgreSQL store: {_first_line(err)}") from err
+            raise StoreConflict(f"PostgreSQL store: {first_line(err)}") from err
         except errors.InsufficientPrivilege as err:
             role = self._conn.info.user if self._conn is not None else "?"
             raise StorePermissionDenied(
-                f"the PostgreSQL store's role '{role}': {_first_line(err)}"
+                f"the PostgreSQL store's role '{role}': {first_line(err)}"
             ) from err
         except errors.LockNotAvailable as err:  # lock_timeout (_stall_limits)
             # The connection stays: only this statement (and its transaction) failed.
             waited_s = pg_stalls._lock_wait_s.get() or pg_stalls.LOCK_TIMEOUT_S
             raise StoreLockTimeout(
                 f"PostgreSQL store: a lock another session holds was not let go within"
-                f" {waited_s:g} s ({_first_line(err)}); what needs it fails until it is"
+                f" {waited_s:g} s ({first_line(err)}); what needs it fails until it is"
             ) from err
         except errors.IdleInTransactionSessionTimeout as err:
             # This process stalled mid-transaction (_stall_limits): the server ended the
@@ -397,16 +397,16 @@ class PgDb:
             self._discard()
             raise StoreUnavailable(
                 f"PostgreSQL store ended this session, idle in its transaction for over"
-                f" {pg_stalls.IDLE_IN_TRANSACTION_S:g} s: {_first_line(err)}"
+                f" {pg_stalls.IDLE_IN_TRANSACTION_S:g} s: {first_line(err)}"
             ) from err
         except errors.QueryCanceled as err:  # statement_timeout (_stall_limits)
-            raise StoreUnavailable(f"PostgreSQL store too slow: {_first_line(err)}") from err
+            raise StoreUnavailable(f"PostgreSQL store too slow: {first_line(err)}") from err
         except errors.ReadOnlySqlTransaction as err:
             # A standby (the address reaches the old primary after a failover): a new
             # connection may reach the new primary (target_session_attrs=read-write).
             self._discard()
             raise StoreUnavailable(
-                f"PostgreSQL store is read-only (a standby?): {_first_line(err)}"
+                f"PostgreSQL store is read-only (a standby?): {first_line(err)}"
             ) from err
         except psycopg.OperationalError as err:
             if self._cut_off:
@@ -414,15 +414,13 @@ class PgDb:
                 raise StoreUnavailable(
                     f"PostgreSQL store did not answer within {pg_stalls.ANSWER_DEADLINE_S:g} s"
                 ) from err
-            if self._lost() or _session_ended(err):
+            if self._lost() or session_ended(err):
                 self._discard()
-                said = _server_said(err)
+                said = server_said(err)
+                raise StoreUnavailable(f"PostgreSQL store unreachable: {first_line(said)}") from err
+            if server_short(err):
                 raise StoreUnavailable(
-                    f"PostgreSQL store unreachable: {_first_line(said)}"
-                ) from err
-            if _server_short(err):
-                raise StoreUnavailable(
-                    f"PostgreSQL store cannot take it now: {_first_line(err)}"
+                    f"PostgreSQL store cannot take it now: {first_line(err)}"
                 ) from err
             raise
 

@@ -39,7 +39,7 @@ class StorePermissionDenied(ConfigError):
 _SESSION_ENDED: Final = frozenset({"57P01", "57P02", "57P03"})
 
 
-def _session_ended(err: Any) -> bool:
+def session_ended(err: Any) -> bool:
     """Whether a driver error means the connection is over, or in a state nothing can follow.
 
     The server's word that it ended the session (it may come before libpq has seen the
@@ -50,7 +50,7 @@ def _session_ended(err: Any) -> bool:
     return sqlstate is None or sqlstate in _SESSION_ENDED or sqlstate.startswith("08")
 
 
-def _server_short(err: Any) -> bool:
+def server_short(err: Any) -> bool:
     """Whether the server refused for want of a resource: the statement did nothing.
 
     Its disk, memory or connection slots (class 53), or its file system failed it (58).
@@ -59,7 +59,7 @@ def _server_short(err: Any) -> bool:
     return sqlstate.startswith(("53", "58"))
 
 
-def _server_said(err: BaseException) -> BaseException:
+def server_said(err: BaseException) -> BaseException:
     """The server's error behind one of libpq's own, if any: what to tell the caller.
 
     Leaving a pipeline after the server ended the session fails with "cannot exit
@@ -72,5 +72,5 @@ def _server_said(err: BaseException) -> BaseException:
     return err
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -58,7 +58,7 @@ def _wait_for(sock: int, event: int) -> None:
     poller.poll()
 
 
-def _first_result(pgconn: Any) -> Any:
+def first_result(pgconn: Any) -> Any:
     """The first result of the statement sent on ``pgconn``, once all of them are in.
 
     Not ``PQexec``: it discards what the server said before (``terminating connection
@@ -89,7 +89,7 @@ def _first_result(pgconn: Any) -> Any:
             first = result
 
 
-def _first_row_of(result: Any) -> dict[str, Any] | None:
+def first_row_of(result: Any) -> dict[str, Any] | None:
     """A prepared query's first row by column name (None: no row), read by column type."""
     if not result.ntuples:
         return None
@@ -104,7 +104,7 @@ def _first_row_of(result: Any) -> dict[str, Any] | None:
     return row
 
 
-def _result_checked(pgconn: Any, result: Any) -> Any:
+def result_checked(pgconn: Any, result: Any) -> Any:
     """``result``, or the error psycopg's ``execute`` would have raised for it."""
     import psycopg
     from psycopg import errors
@@ -134,7 +134,7 @@ class PreparedStatements:
         if self._prepared_on is not conn:
             self._prepared_on, self._prepared = conn, set()
         if name not in self._prepared:
-            _result_checked(pgconn, pgconn.prepare(name, text, None))
+            result_checked(pgconn, pgconn.prepare(name, text, None))
             self._prepared.add(name)
         pgconn.send_query_prepared(name, values, formats)
         while pgconn.flush():

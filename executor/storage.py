@@ -28,7 +28,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from executor.database_kinds import _holding
+from executor.database_kinds import holding
 from executor.database_opening import (
     LOOP_BUSY_TIMEOUT_S,
     LOOP_CHECKPOINT_BUSY_TIMEOUT_S,
@@ -42,18 +42,18 @@ from executor.errors import DataLossError, UnavailableError
 from executor.sql import StoreLockTimeout, StoreUnavailable
 from executor.sqlite_codes import primary_code
 from executor.storage_failures import (
-    _FAILING_STORAGE_CODES,
+    FAILING_STORAGE_CODES,
     DatabaseLocked,
     StorageError,
     StoreRefused,
-    _why_refused,
     is_busy,
     is_damage,
     is_locked,
     is_storage_failure,
     refused_by_store,
+    why_refused,
 )
-from executor.storage_health import StorageHealth, _write_mark, runs_nothing
+from executor.storage_health import StorageHealth, runs_nothing, write_mark
 
 # What the stores import from here: this module's own, and its pieces' that they use.
 __all__ = [
@@ -82,7 +82,7 @@ logger = logging.getLogger(__name__)
 def damaged_in_service(path: Path, why: str) -> str:
     """What a read that met damage in the database at ``path`` answers: what it holds, what to do."""
     return (
-        f"{path}: {why}: the file is damaged{_holding(path)}. Stop the executor, then restore it from "
+        f"{path}: {why}: the file is damaged{holding(path)}. Stop the executor, then restore it from "
         "a backup, or move it aside (with its -wal and -shm) to start with an empty one"
     )
 
@@ -113,9 +113,9 @@ def reading(path: Path | str) -> Iterator[None]:
             raise UnavailableError(
                 f"cannot read {path}: {err} (another process holds it locked); try again"
             ) from err
-        if primary_code(err) in _FAILING_STORAGE_CODES:
+        if primary_code(err) in FAILING_STORAGE_CODES:
             raise UnavailableError(
-                f"cannot read {path}: {_why_refused(Path(path), err)}; the storage under it "
+                f"cannot read {path}: {why_refused(Path(path), err)}; the storage under it "
                 "failed (the file is not known to be damaged): the executor's data dir needs "
                 "attention"
             ) from err
@@ -130,7 +130,7 @@ def write_refusal(path: Path) -> StorageError | None:
     """
     try:
         with writing(path):
-            _write_mark(path)
+            write_mark(path)
     except StorageError as err:
         return err
     except sqlite3.Error as err:  # not the storage's (the file cannot be opened, say)
@@ -168,7 +168,7 @@ def writing(
             if not lock_degrades:
                 raise error from err
         elif is_storage_failure(err):
-            error = StorageError(path, _why_refused(Path(path), err))
+            error = StorageError(path, why_refused(Path(path), err))
         else:
             raise
         if health is not None:

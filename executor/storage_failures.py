@@ -6,7 +6,7 @@ timeout) is a ``StorageError``: an ``UnavailableError`` naming the file and the 
 (``DatabaseLocked`` for the lock; ``StoreRefused`` for a fleet's PostgreSQL refusing a
 write for a reason of its own). SQLite's codes say which errors are such failures
 (``is_storage_failure``), a lock (``is_busy``, ``is_locked``) or damage (``is_damage``);
-a file this user cannot write is named as the cause (``_cannot_write``).
+a file this user cannot write is named as the cause (``cannot_write``).
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ _BUSY_CODES: Final = frozenset({SQLITE_BUSY, SQLITE_LOCKED})
 
 
 # SQLite's primary result codes for a file it found damaged: SQLITE_CORRUPT, SQLITE_NOTADB.
-_DAMAGE_CODES: Final = frozenset({11, 26})
+DAMAGE_CODES: Final = frozenset({11, 26})
 # The storage under a file failed it, which says nothing of the file itself:
 # SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN (a -shm it cannot make).
-_FAILING_STORAGE_CODES: Final = frozenset({8, 10, 13, 14})
+FAILING_STORAGE_CODES: Final = frozenset({8, 10, 13, 14})
 
 
 class StorageError(UnavailableError):
@@ -100,14 +100,14 @@ def is_storage_failure(err: sqlite3.Error) -> bool:
 
 def is_damage(err: sqlite3.Error) -> bool:
     """Whether SQLite found the file damaged (not merely the storage under it failing)."""
-    return primary_code(err) in _DAMAGE_CODES
+    return primary_code(err) in DAMAGE_CODES
 
 
 # Linux's access(2) can ask as the effective user (the one SQLite opens files as).
-_EFFECTIVE_IDS: Final = os.access in os.supports_effective_ids
+EFFECTIVE_IDS: Final = os.access in os.supports_effective_ids
 
 
-def _cannot_write(file: Path) -> str:
+def cannot_write(file: Path) -> str:
     """Why this user cannot write ``file``, as far as can be seen without trying."""
     try:
         read_only = bool(os.statvfs(file).f_flag & os.ST_RDONLY)
@@ -117,21 +117,21 @@ def _cannot_write(file: Path) -> str:
     return f"this user cannot write {file.name} ({why})"
 
 
-def _why_refused(path: Path, err: sqlite3.Error) -> str:
+def why_refused(path: Path, err: sqlite3.Error) -> str:
     """SQLite's words for a write the storage refused, and the file this user cannot write, if one.
 
     SQLite says "disk I/O error" for a database or log made immutable under it: named as
     start-up names it (``_unwritable``).
     """
-    file = _unwritable_file(path)
-    return str(err) if file is None else f"{err}: {_cannot_write(file)}"
+    file = unwritable_file(path)
+    return str(err) if file is None else f"{err}: {cannot_write(file)}"
 
 
-def _unwritable_file(path: Path) -> Path | None:
+def unwritable_file(path: Path) -> Path | None:
     """The first of the database at ``path``, its -wal and -shm that this user cannot write."""
     for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         with contextlib.suppress(OSError):
-            if file.is_file() and not os.access(file, os.W_OK, effective_ids=_EFFECTIVE_IDS):
+            if file.is_file() and not os.access(file, os.W_OK, effective_ids=EFFECTIVE_IDS):
                 return file
     return None
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Final
 
 from executor import sqlite_shm
-from executor.database_kinds import _KINDS, _application_id, _holding
+from executor.database_kinds import KINDS, application_id, holding
 from executor.database_opening import LOOP_CHECKPOINT_BUSY_TIMEOUT_S
 from executor.errors import UnavailableError
 from executor.runs.sqlite_checkpoints import empty_logs
@@ -30,9 +30,9 @@ from executor.storage_failures import (
     DatabaseLocked,
     StorageError,
     StoreRefused,
-    _cannot_write,
-    _unwritable_file,
+    cannot_write,
     refused_by_store,
+    unwritable_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class StorageHealth:
             gone = StorageError(
                 path,
                 f"the database was {why} while the executor ran, which still writes the file "
-                f"it opened, unreachable: what it records now is lost at the stop{_holding(path)}."
+                f"it opened, unreachable: what it records now is lost at the stop{holding(path)}."
                 " Restart the executor (first put back a copy from a backup, if there is one)",
             )
             self._lost = self._lost or str(gone)
@@ -215,7 +215,7 @@ class StorageHealth:
 
     def _empty_logs(self) -> None:
         """Give back the space of the databases' logs, saying once a spell which log cannot be."""
-        paths = [self._data_dir / name for name in _KINDS]
+        paths = [self._data_dir / name for name in KINDS]
         for log in empty_logs(paths, busy_timeout_s=LOOP_CHECKPOINT_BUSY_TIMEOUT_S):
             if log.path not in self._logs_reported:
                 self._logs_reported.add(log.path)
@@ -321,7 +321,7 @@ class StorageHealth:
         for path in self._opened:
             shm = Path(f"{path}-shm")
             if not sqlite_shm.shm_writable(str(shm)):
-                return StorageError(path, f"disk I/O error: {_cannot_write(shm)}")
+                return StorageError(path, f"disk I/O error: {cannot_write(shm)}")
         return None
 
 
@@ -354,20 +354,20 @@ def _lockable(path: str) -> bool:
 
 
 def _takes_a_write(path: str) -> bool:
-    """Whether the database at ``path`` takes a write (``_write_mark``).
+    """Whether the database at ``path`` takes a write (``write_mark``).
 
     A path that is no file (a fleet's store) is asked otherwise (``_probe_store``).
     """
     if not Path(path).is_file():
         return True
     try:
-        _write_mark(path)
+        write_mark(path)
     except sqlite3.Error:
         return False
     return True
 
 
-def _write_mark(path: Path | str) -> None:
+def write_mark(path: Path | str) -> None:
     """Commit the header's mark of the database at ``path`` unchanged; raise SQLite's refusal.
 
     A write as the executor's own are, through the database's log and synced: an
@@ -383,7 +383,7 @@ def _write_mark(path: Path | str) -> None:
     try:
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(f"PRAGMA application_id = {_application_id(db)}")
+            db.execute(f"PRAGMA application_id = {application_id(db)}")
             db.execute("COMMIT")
         except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
@@ -406,7 +406,7 @@ def _why_not_emptied(path: Path, error: str) -> str:
     A file made immutable or given another mode is named as the cause (SQLite then says
     "attempt to write a readonly database", or "disk I/O error"), never a want of space.
     """
-    file = _unwritable_file(path)
+    file = unwritable_file(path)
     if file is not None:
-        return f"{error}: {_cannot_write(file)}"
+        return f"{error}: {cannot_write(file)}"
     return f"{error}; copying it takes up to that much free space"

@@ -237,7 +237,7 @@ async def _data_dir_of_a_run(data_dir: Path) -> None:
     assert {p.name for p in data_dir.iterdir()} >= set(KINDS)
 
 
-def _application_id(path: Path) -> int:
+def application_id(path: Path) -> int:
     db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
     try:
         return int(db.execute("PRAGMA application_id").fetchone()[0])
@@ -279,7 +279,7 @@ async def test_databases_of_an_older_version_open_and_are_marked(tmp_path: Path)
     """Without an application id (as earlier versions wrote them) each is still taken."""
     data_dir = tmp_path / "data"
     await _data_dir_of_a_run(data_dir)
-    marks = {name: _application_id(data_dir / name) for name in KINDS}
+    marks = {name: application_id(data_dir / name) for name in KINDS}
     assert len(set(marks.values())) == len(KINDS) and 0 not in marks.values(), marks
     for name in KINDS:
         db = sqlite3.connect(data_dir / name)
@@ -288,10 +288,10 @@ async def test_databases_of_an_older_version_open_and_are_marked(tmp_path: Path)
 
     code, _, err = await _cbexec(data_dir, "--check-config")
     assert code == 0, err
-    assert {name: _application_id(data_dir / name) for name in KINDS} == dict.fromkeys(KINDS, 0)
+    assert {name: application_id(data_dir / name) for name in KINDS} == dict.fromkeys(KINDS, 0)
     async with executor(stack_settings(data_dir)):
         pass
-    assert {name: _application_id(data_dir / name) for name in KINDS} == marks
+    assert {name: application_id(data_dir / name) for name in KINDS} == marks
 
 
 # -- a sound database on storage that fails: never called damaged ---------------------------
