@@ -23,14 +23,19 @@ from tests.helpers.processes import wait_until_no_sandboxed_processes
 # variable as one and would refuse it. Its children get the same uids through the setting.
 # The default keeps clear of a service started with the defaults (sandbox_uid_base 64000),
 # such as the quick start's, which may run beside the suite.
-# Without the knob, a suite takes the first of these bases no other suite on the host holds
-# (a lock held for the whole session), so two checkouts tested side by side keep apart.
+# Without the knob, each process of a suite that runs tests (the one process, or each of
+# pytest-xdist's workers) takes the first of these bases no other holds on the host (a
+# lock held for the whole session), so workers, and two checkouts tested side by side,
+# keep apart. With it, worker N takes the given base plus N thousand.
 DEFAULT_TEST_UID_BASES = range(62000, 49999, -1000)
 SUITE_LOCKS = Path("/run/cbexec/test-suites")
+_CHOSEN_UID_BASE = os.environ.pop("CBEXEC_TEST_UID_BASE", None)
+_suite_lock: int | None = None
 
 
 def _hold_suite_lock(base: int) -> bool:
     """Hold ``base``'s suite lock for the session; False when another suite holds it."""
+    global _suite_lock  # noqa: PLW0603 -- one lock per process, released by a lead process
     SUITE_LOCKS.mkdir(parents=True, exist_ok=True)
     fd = os.open(SUITE_LOCKS / f"{base}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
@@ -38,18 +43,33 @@ def _hold_suite_lock(base: int) -> bool:
     except BlockingIOError:
         os.close(fd)
         return False
-    return True  # the descriptor stays open: the lock lasts as long as this session
+    _suite_lock = fd  # stays open: the lock lasts as long as this session
+    return True
 
 
 def _suite_uid_base() -> int:
-    chosen = os.environ.pop("CBEXEC_TEST_UID_BASE", None)
-    if chosen is not None:  # by hand: used as given, and kept from automatic choices
-        _hold_suite_lock(int(chosen))
-        return int(chosen)
+    if _CHOSEN_UID_BASE is not None:  # by hand: used as given, and kept from automatic choices
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+        base = int(_CHOSEN_UID_BASE) + 1000 * int(worker.removeprefix("gw"))
+        _hold_suite_lock(base)
+        return base
     for base in DEFAULT_TEST_UID_BASES:
         if _hold_suite_lock(base):
             return base
     raise RuntimeError(f"every test uid base in {DEFAULT_TEST_UID_BASES} is held by a suite")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A pytest-xdist lead process runs no test: its base goes to the workers it starts."""
+    global _suite_lock  # noqa: PLW0603
+    leads_workers = getattr(config.option, "numprocesses", None) and not hasattr(
+        config, "workerinput"
+    )
+    if leads_workers and _suite_lock is not None:
+        os.close(_suite_lock)
+        _suite_lock = None
+        if _CHOSEN_UID_BASE is not None:  # the workers read it (and drop it) as this did
+            os.environ["CBEXEC_TEST_UID_BASE"] = _CHOSEN_UID_BASE
 
 
 def _without_the_shells_settings() -> None:

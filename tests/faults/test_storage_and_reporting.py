@@ -8,12 +8,15 @@ applied twice, nothing stays stuck, and the executor recovers without a restart.
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from executor.runs import recorder
+from executor.runs.outbox import Backoff, Outbox
 from supervisor_client import ExecutorClient, RetryableError
 from supervisor_client.qbcallback.v1 import executor_pb2, supervisor_pb2
 from tests.conftest import stack_settings
@@ -138,9 +141,13 @@ async def test_oversized_results_are_delivered_reduced_and_block_nothing(tmp_pat
 
 
 async def test_a_result_the_supervisor_keeps_refusing_is_set_aside_and_can_be_retried(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A supervisor that takes less than the executor was told: the result cannot block."""
+    # Set aside after tries over a second, not the service's 30 s and backoff up to 5 s
+    # (the outbox's own tests hold those): this test proves a set-aside result blocks nothing.
+    quick = functools.partial(Outbox, backoff=Backoff(cap_s=0.2), min_refusing_s=1.0)
+    monkeypatch.setattr(recorder, "Outbox", quick)
     async with supervisor_endpoint(
         tmp_path / "supervisor.db", max_receive_bytes=300_000
     ) as endpoint:

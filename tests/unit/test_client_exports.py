@@ -54,7 +54,9 @@ def snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-@pytest.mark.parametrize("service", executor_pb2.DESCRIPTOR.services_by_name.values(), ids=str)
+@pytest.mark.parametrize(
+    "service", executor_pb2.DESCRIPTOR.services_by_name.values(), ids=lambda s: s.name
+)
 def test_the_client_wraps_every_executor_rpc(service: ServiceDescriptor) -> None:
     assert service.methods
     for method in service.methods:
