@@ -89,7 +89,8 @@ def format_metrics(m: Any) -> str:
         ),
         (
             f"{'queue':<16}{m.queue_depth} waiting of {m.queue_limit} allowed; "
-            f"{m.rejected_at_capacity} refused at capacity"
+            # Every RESOURCE_EXHAUSTED answer, whatever its cause (the queue is one).
+            f"{counted(m.rejected_at_capacity, 'call')} refused for lack of room"
         ),
         f"{'outbox':<16}{m.outbox_pending} pending, {counted(m.outbox_dead_letters, 'dead letter')}"
         # The supervisor's words, escaped: they act on no terminal.

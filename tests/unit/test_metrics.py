@@ -296,6 +296,9 @@ def test_cbexec_metrics_counts_one_of_a_thing_in_the_singular() -> None:
     assert "1 child prepared ahead" in text
     assert "pid 7, 1 restart" in text
     assert "0 runs, mean" in text
+    # Any RESOURCE_EXHAUSTED answer, not the queue's alone: "at capacity" said less.
+    refused = format_metrics(executor_pb2.GetMetricsResponse(rejected_at_capacity=1))
+    assert "allowed; 1 call refused for lack of room\n" in refused
     many = format_metrics(
         executor_pb2.GetMetricsResponse(trigger_jobs=2, universal_reload_errors=2)
     )
