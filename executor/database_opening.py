@@ -27,7 +27,6 @@ from executor.errors import ConfigError
 from executor.sqlite_codes import primary_code
 from executor.storage_failures import (
     DAMAGE_CODES,
-    EFFECTIVE_IDS,
     FAILING_STORAGE_CODES,
     cannot_write,
     is_busy,
@@ -250,7 +249,7 @@ def _unwritable(path: Path) -> None:
     no for an immutable file (``chattr +i``) even to root.
     """
     for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        if file.is_file() and not os.access(file, os.W_OK, effective_ids=EFFECTIVE_IDS):
+        if file.is_file() and not os.access(file, os.W_OK, effective_ids=sqlite_shm.EFFECTIVE_IDS):
             raise ConfigError(refused_by_storage(path, cannot_write(file)))
 
 

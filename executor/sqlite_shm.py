@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 SQLITE_IOERR_SHMMAP: Final = 10 | (21 << 8)
 
 # Linux's access(2) can ask as the effective user (the one SQLite opens files as).
-_EFFECTIVE_IDS: Final = os.access in os.supports_effective_ids
+EFFECTIVE_IDS: Final = os.access in os.supports_effective_ids
 
 # The -shm files whose connections were left open, said once each.
 _LEFT_OPEN: set[str] = set()
@@ -121,7 +121,7 @@ class _GuardedCursor(sqlite3.Cursor):
 def shm_writable(shm: str) -> bool:
     """Whether SQLite may write ``shm`` (or there is none): this user may write it."""
     return (
-        not shm or os.access(shm, os.W_OK, effective_ids=_EFFECTIVE_IDS) or not os.path.lexists(shm)
+        not shm or os.access(shm, os.W_OK, effective_ids=EFFECTIVE_IDS) or not os.path.lexists(shm)
     )
 
 

@@ -21,6 +21,7 @@ from typing import Final
 from executor.errors import UnavailableError
 from executor.sql import StorePermissionDenied
 from executor.sqlite_codes import SQLITE_BUSY, SQLITE_LOCKED, primary_code
+from executor.sqlite_shm import EFFECTIVE_IDS
 
 # SQLite's primary result codes that mean "the storage failed us", not "our SQL is wrong".
 _STORAGE_CODES: Final = frozenset(
@@ -101,10 +102,6 @@ def is_storage_failure(err: sqlite3.Error) -> bool:
 def is_damage(err: sqlite3.Error) -> bool:
     """Whether SQLite found the file damaged (not merely the storage under it failing)."""
     return primary_code(err) in DAMAGE_CODES
-
-
-# Linux's access(2) can ask as the effective user (the one SQLite opens files as).
-EFFECTIVE_IDS: Final = os.access in os.supports_effective_ids
 
 
 def cannot_write(file: Path) -> str:
