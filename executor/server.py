@@ -328,6 +328,7 @@ async def start(settings: Settings) -> RunningServer:  # noqa: PLR0915 - the who
                 engine.labels,
                 embedded.store_thread,
                 room=engine.store.room,
+                settled=functools.partial(embedded.settled_now, engine),
             )
         fleet_ids = None
         if trigger_store.fleet:  # Execute's id checks: one round trip to the shared store

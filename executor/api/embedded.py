@@ -144,6 +144,10 @@ class EmbeddedSupervisor:
             if firings.idle and not self._unsent():
                 return
 
+    def settled_now(self, firings: Firings) -> bool:
+        """Whether ``settle`` would return at once: its end state, read without waiting."""
+        return self._forwarding_begun.is_set() and firings.idle and not self._unsent()
+
     def _unsent(self) -> bool:
         """Whether an event waits to be forwarded, but for those waiting for room."""
         if self.forwarder is not None:

@@ -128,6 +128,8 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         callbacks_of: the trigger engine's registered callbacks of a job (with latches).
         settle: waits until every transition so far, and what it fired, has been handled,
             and no firing is left to run (``EmbeddedSupervisor.settle``).
+        settled: whether that is so now, without waiting (``settled_now``): a wait
+            whose timeout has all but passed still finds the jobs that ended settled.
         registered: waits until just-submitted jobs are registered with the trigger engine.
         labels: the trigger engine's labels per pgrp, and its claims on them.
         store_thread: the thread the farm's calls run on (the Supervisor service's);
@@ -145,11 +147,13 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         store_thread: StoreThread | None = None,
         *,
         room: Callable[[], Room | None] = lambda: None,
+        settled: Callable[[], bool] = lambda: False,
     ) -> None:
         self._farm = farm
         self._store = StoreThread() if store_thread is None else store_thread
         self._callbacks_of = callbacks_of
         self._settle = settle
+        self._settled = settled
         self._registered = registered
         self._labels = labels
         self._room = room
@@ -444,6 +448,9 @@ class FarmServicer(farm_pb2_grpc.FarmServiceServicer):
         done = False
         while True:
             if await self._store.run(self._farm.ended, ids):
+                if self._settled():  # nothing to wait for: a timeout of ~0 answers done too
+                    done = True
+                    break
                 try:
                     async with asyncio.timeout(max(0.0, deadline - loop.time())):
                         await self._settle()

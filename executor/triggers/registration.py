@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from executor.bounds import code_size_problem
 from executor.errors import InvalidRequestError
@@ -50,6 +50,7 @@ from executor.triggers.nodes import (
 from executor.triggers.store import TriggerStore
 from executor.triggers.store_rows import EDGE, LEVEL, MODES, StoredCallback
 from executor.triggers.universal import (
+    MAX_UNIVERSAL_LINES,
     LineName,
     UniversalCallback,
     found_by_name,
@@ -190,13 +191,32 @@ def keep_journal(
     )
 
 
+# A callback id is a uint32 on the wire, and the universal callbacks take the ids after
+# the job's largest: an own id above this would push one past it.
+MAX_OWN_CALLBACK_ID: Final = (1 << 32) - 1 - MAX_UNIVERSAL_LINES
+
+
+def own_callback_id_problem(callback_id: int) -> str | None:
+    """None when a job's own callback may have ``callback_id``, else why not."""
+    if callback_id <= MAX_OWN_CALLBACK_ID:
+        return None
+    return (
+        f"{callback_id} is above {MAX_OWN_CALLBACK_ID}, the largest id a job's own callback "
+        f"may have: the universal callbacks (at most {MAX_UNIVERSAL_LINES}) are numbered "
+        "after the job's own, within 2^32 - 1"
+    )
+
+
 def _callback_ids(given: Sequence[int]) -> list[int]:
     """Each callback's id: its own, else the next one no other callback has (from 1).
 
-    Raises InvalidRequestError when two callbacks give the same id.
+    Raises InvalidRequestError when two callbacks give the same id, or an id above
+    ``MAX_OWN_CALLBACK_ID``.
     """
     first: dict[int, int] = {}
     for index, callback_id in enumerate(given):
+        if (too_large := own_callback_id_problem(callback_id)) is not None:
+            raise InvalidRequestError(f"job.callbacks[{index}].id: {too_large}")
         if callback_id and first.setdefault(callback_id, index) != index:
             raise InvalidRequestError(
                 f"job.callbacks[{index}].id: {callback_id} is also job.callbacks"

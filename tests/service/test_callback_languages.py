@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
+from executor.triggers.registration import MAX_OWN_CALLBACK_ID
 from supervisor_client import FarmClient, InvalidRequestError
 from supervisor_client.qbcallback.v1.executor_pb2 import Outcome
 from tests.conftest import Stack
@@ -239,6 +240,39 @@ async def test_callback_ids_are_unique_within_a_job(stack_warm: Stack) -> None:
         (2, "done-job-self"),
         (3, "failed-job-self"),
     ]
+
+
+async def test_a_callback_id_leaves_room_for_the_universal_ones_numbered_after_it(
+    stack_warm: Stack,
+) -> None:
+    """Probe 177: id 4294967295 beside a universal line stored one at 2^32 (not a uint32).
+
+    RegisterJob answered INTERNAL having stored it; every later read of the registered
+    jobs answered INTERNAL, and the universal callback's firing lost its result.
+    """
+    universal = stack_warm.settings.universal_callback_dirs[0]
+    universal.mkdir(parents=True, exist_ok=True)
+    (universal / "u.py").write_text("print('u')\n")
+    (universal / "callbacks.conf").write_text("u.py = complete-job-self\n")
+    assert (await stack_warm.client.reload_universal_callbacks()).active == 1
+
+    def job(job_id: int, callback_id: int) -> dict[str, Any]:
+        own = {"id": callback_id, "triggers": "complete-job-self", "language": "qube"}
+        return {"id": job_id, "name": "ids", "callbacks": [own]}
+
+    with pytest.raises(InvalidRequestError) as refused:
+        await stack_warm.client.register_job(job(9, MAX_OWN_CALLBACK_ID + 1))
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details == (
+        f"job.callbacks[0].id: {MAX_OWN_CALLBACK_ID + 1} is above {MAX_OWN_CALLBACK_ID}, the "
+        "largest id a job's own callback may have: the universal callbacks (at most 1000) are "
+        "numbered after the job's own, within 2^32 - 1"
+    )
+    assert MAX_OWN_CALLBACK_ID + 1000 == 2**32 - 1
+    response = await stack_warm.client.register_job(job(10, MAX_OWN_CALLBACK_ID))
+    assert [cb.id for cb in response.callbacks] == [MAX_OWN_CALLBACK_ID, MAX_OWN_CALLBACK_ID + 1]
+    listed = await stack_warm.client.list_registered_jobs()
+    assert [j.id for j in listed.jobs] == [10]
 
 
 async def test_an_over_long_language_is_refused_as_a_name_too_long(stack_warm: Stack) -> None:
