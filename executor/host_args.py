@@ -23,7 +23,7 @@ from executor.errors import HostCallError
 from executor.visible_text import printable, quoted
 
 _JOB_ID: Final = re.compile(r"[0-9]+")
-_SUBJOB_ID: Final = re.compile(r"-?[0-9]+")
+_SUBJOB_ID: Final = re.compile(r"[0-9]+")  # ASCII digits, as a job id: '-0' is not 0
 # Taken around an id (a Perl line read from a file ends in "\n"); no other space.
 _EDGE_SPACE: Final = " \t\r\n"
 
@@ -148,7 +148,7 @@ def parse_subjob_target(target: Any, spelling: Spelling) -> tuple[int, list[int]
     jid = parse_job_id(job, spelling)
     if not sep:
         return jid, []
-    if len(sub) > len(str(MAX_SUBJOB_ID)) + 1 or abs(int(sub)) > MAX_SUBJOB_ID:
+    if len(sub) > len(str(MAX_SUBJOB_ID)) or int(sub) > MAX_SUBJOB_ID:
         raise invalid(
             f"instance id {cut(sub, MAX_TARGET_CHARS)} is out of range (at most {MAX_SUBJOB_ID})"
         )
@@ -206,5 +206,5 @@ def check_shape(
         raise invalid(f"{usage}; it was given {nested} inside {nested}")
     count = len(targets)
     if count == 0 or (count > 1 and not shape.many):
-        given = "none" if count == 0 else str(count)
+        given = "none" if count == 0 else f"{count} arguments"  # a count, never read as an id
         raise invalid(f"{usage}; it was given {given}")

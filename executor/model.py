@@ -107,8 +107,8 @@ class Event:
         """What a trigger atom's extra names: work name, instance id, host or clock time."""
         if self.type == "work":
             return self.work_name
-        if self.type == "subjob":
-            return str(self.subjob_id)
+        if self.type == "subjob":  # none given: the extra as written ('*', or none)
+            return str(self.subjob_id) if self.subjob_id >= 0 else self.extra
         if self.type == "host":
             return self.host
         return self.extra
@@ -185,14 +185,18 @@ class Event:
         else:
             unresolved = context
         subjob = extra.strip()
+        subjob_id = int(subjob) if type_ == "subjob" and subjob.lstrip("-").isdigit() else -1
+        # An item event's extra is its item, but a subjob event's that names no instance
+        # ('*'): kept, as a work event's '*' is its work name, so `item` says it as written.
+        kept = type_ not in ITEM_EVENT_TYPES or (type_ == "subjob" and subjob_id < 0)
         return cls(
             name=name,
             type=type_,
             job_id=job_id,
             work_name=extra if type_ == "work" else "",
-            subjob_id=int(subjob) if type_ == "subjob" and subjob.lstrip("-").isdigit() else -1,
+            subjob_id=subjob_id,
             host=extra if type_ == "host" else "",
-            extra="" if type_ in ITEM_EVENT_TYPES else extra,
+            extra=extra if kept else "",
             unresolved=unresolved,
         )
 

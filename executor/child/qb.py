@@ -323,7 +323,10 @@ def _takes_nothing(fn: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> No
     # As the executor words a call that does not fit (host_args.check_shape).
     if args or kwargs:
         given = len(args) + len(kwargs)
-        raise InvalidArgument(f"qb.{fn} takes no arguments, as in qb.{fn}(); it was given {given}")
+        arguments = "argument" if given == 1 else "arguments"
+        raise InvalidArgument(
+            f"qb.{fn} takes no arguments, as in qb.{fn}(); it was given {given} {arguments}"
+        )
 
 
 def jobid(*args: Any, **kwargs: Any) -> int:

@@ -302,7 +302,7 @@ for my $call (@calls) {
         "InvalidArgument|qb::jobstatus takes one job id, as in qb::jobstatus(12);"
         " it was given none",
         "InvalidArgument|qb::workstatus takes one work item '<jobid>:<workname>', as in"
-        " qb::workstatus('12:5'); it was given 2",
+        " qb::workstatus('12:5'); it was given 2 arguments",
         "InvalidArgument|expected a job id, got undef",
         "InvalidArgument|expected a job id, got Inf",
         "InvalidArgument|qb::unblock takes one or more job ids (or a list of them), as in"
@@ -323,11 +323,11 @@ for my $call (@calls) {
         "InvalidArgument|qb::jobinfo: fields takes a list of field names, as in"
         " fields => ['name', 'status']; it was given name",
         # The context functions take nothing, as Python's do (they were answered anyway).
-        "InvalidArgument|qb::jobid takes no arguments, as in qb::jobid(); it was given 1",
-        "InvalidArgument|qb::workid takes no arguments, as in qb::workid(); it was given 2",
-        "InvalidArgument|qb::subid takes no arguments, as in qb::subid(); it was given 1",
-        "InvalidArgument|qb::event takes no arguments, as in qb::event(); it was given 1",
-        "InvalidArgument|qb::callback takes no arguments, as in qb::callback(); it was given 1",
+        "InvalidArgument|qb::jobid takes no arguments, as in qb::jobid(); it was given 1 argument",
+        "InvalidArgument|qb::workid takes no arguments, as in qb::workid(); it was given 2 arguments",
+        "InvalidArgument|qb::subid takes no arguments, as in qb::subid(); it was given 1 argument",
+        "InvalidArgument|qb::event takes no arguments, as in qb::event(); it was given 1 argument",
+        "InvalidArgument|qb::callback takes no arguments, as in qb::callback(); it was given 1 argument",
     ]
 
 

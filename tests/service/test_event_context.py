@@ -91,3 +91,42 @@ async def test_a_fired_callbacks_event_context_is_the_job_it_happened_to(
     result = (await stack_warm.client.get_run(run.invocation_id)).result
     assert result.stdout == f"{source.id}\n", result
     assert run.event.context == str(source.id)
+
+
+@pytest.mark.parametrize("language", ["python", "perl"])
+async def test_a_subjob_event_naming_no_instance_shows_its_extra_as_written(
+    stack_warm: Stack, language: str
+) -> None:
+    # Probe 178: `complete-subjob-self-*` beside qb.subid() 1 showed extra '-1', the
+    # executor's "no instance", which it refuses as an extra.
+    code = {
+        "python": "print(repr(qb.event()['extra']), qb.subid())",
+        "perl": 'print "\'", qb::event()->{extra}, "\' ", qb::subid(), "\\n";',
+    }[language]
+    job = {"id": 905, "user": "alice", "name": "x"}
+    for extra, subjob_id in (("*", 1), ("", 1), ("3", 3)):
+        response = await stack_warm.client.execute_callback(
+            language=language,
+            code=code,
+            job=job,
+            event={"name": "complete", "type": "subjob", "context": "self", "extra": extra},
+            subjob_id=subjob_id,
+        )
+        assert response.stdout == f"'{extra}' {subjob_id}\n", (extra, response)
+
+
+async def test_a_context_function_given_an_argument_says_how_many(stack_warm: Stack) -> None:
+    # Probe 178: "it was given 1" read as the value passed, not as a count.
+    code = (
+        "for call in (lambda: qb.jobid(7), lambda: qb.workid(1, 2)):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except qb.InvalidArgument as err:\n"
+        "        print(err)\n"
+    )
+    job = {"id": 906, "user": "alice", "name": "x"}
+    response = await stack_warm.client.execute_callback(language="python", code=code, job=job)
+    assert response.stdout.splitlines() == [
+        "qb.jobid takes no arguments, as in qb.jobid(); it was given 1 argument",
+        "qb.workid takes no arguments, as in qb.workid(); it was given 2 arguments",
+    ]

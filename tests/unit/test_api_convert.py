@@ -116,6 +116,30 @@ def test_what_a_request_may_not_hold_is_refused_naming_the_field(
         invocation(request(**overrides))
 
 
+@pytest.mark.parametrize(
+    ("kind", "extra", "subjob_id", "seen"),
+    [
+        # Probe 178: a subjob event naming no instance said '-1' beside qb.subid() 1.
+        ("subjob", "*", 1, "*"),
+        ("subjob", "", 1, ""),
+        ("subjob", "2", 2, "2"),
+        ("work", "*", -1, "*"),
+    ],
+)
+def test_the_callback_sees_an_item_events_extra_as_written(
+    kind: str, extra: str, subjob_id: int, seen: str
+) -> None:
+    message = request(
+        context__event__name="complete", context__event__type=kind, context__event__extra=extra
+    )
+    message.context.subjob_id = subjob_id
+    started = convert.invocation_from_request(message, default_limits=DEFAULTS, max_limits=CAPS)
+    event = started.child_context()["event"]
+    assert event is not None and started.event is not None
+    assert (event["extra"], started.child_context()["subjob_id"]) == (seen, subjob_id)
+    assert Event.from_dict(started.event.as_dict()).item == seen  # as its history keeps it
+
+
 def test_a_job_is_checked_item_by_item_naming_the_field() -> None:
     cases = [
         (types_pb2.Job(agenda=[types_pb2.WorkItem(name="1", subid=-2)]), "agenda[0].subid = -2"),

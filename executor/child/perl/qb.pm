@@ -277,7 +277,7 @@ sub _takes_nothing {
     my ($fn, @given) = @_;
     return unless @given;
     die qb::Error->new('InvalidArgument', "qb::$fn takes no arguments, as in qb::$fn(); "
-        . 'it was given ' . scalar(@given));
+        . 'it was given ' . scalar(@given) . (@given == 1 ? ' argument' : ' arguments'));
 }
 
 # Id of the job that owns the callback (also $qb::jobid).
