@@ -68,13 +68,14 @@ queue holds; a firing leaves the queue when its run has ended:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from executor import lease_renewal
 from executor.errors import CapacityError, ShuttingDownError, UnavailableError
@@ -88,6 +89,9 @@ from executor.triggers.store import TriggerStore
 from executor.triggers.store_rows import PendingFiring
 
 logger = logging.getLogger(__name__)
+
+# What a publisher waiting for its event's firings is told at a stop.
+STOPPED: Final = "the trigger engine stopped; the firing runs at its restart"
 
 # How often a fired run that failed only because the supervisor was unreachable is run
 # again though the look after its failure found the supervisor answering at once: a
@@ -143,6 +147,7 @@ class FiringWorker:
         self._idle.set()
         self._started = False
         self._closed = False
+        self._closing = asyncio.Event()  # set as ``close`` begins: waiters answer at once
         self._claims: asyncio.Task[None] | None = None
         self._reach = reach
         # While the supervisor is unreachable: the one wait every held run shares, and
@@ -159,6 +164,12 @@ class FiringWorker:
     @property
     def closed(self) -> bool:
         """True once ``close`` has begun: nothing more will run."""
+        return self._closed
+
+    async def closed_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for ``close`` to begin; whether it has."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
         return self._closed
 
     def add(
@@ -223,6 +234,7 @@ class FiringWorker:
                 counted(len(self._queued_ids), "fired callback"),
             )
         self._closed = True
+        self._closing.set()
         for task in (self._claims, self._hold):
             if task is not None:
                 task.cancel()
@@ -232,9 +244,7 @@ class FiringWorker:
         await asyncio.gather(*self._running, *self._recorded_waits, return_exceptions=True)
         for future in self._results.values():
             if not future.done():
-                future.set_exception(
-                    UnavailableError("the trigger engine stopped; the firing runs at its restart")
-                )
+                future.set_exception(UnavailableError(STOPPED))
         self._results.clear()
 
     def holds(self, invocation_id: str) -> bool:

@@ -28,6 +28,12 @@ InTurn = Callable[[Callable[[], Awaitable[list[Fired] | None]]], Awaitable[list[
 # A ``wait`` publisher whose firing another replica re-ran looks for that run's result this
 # often, and gives up (no result) this long after the firing is done without one.
 RECORD_POLL_S = 0.5
+# A resent event's waiter at a stop: its firings stay queued (or run at another replica).
+STOPPED_WHILE_WAITING = (
+    "the trigger engine stopped while this resend waited for the event's firings; publish "
+    "it again, with the same event_id, for their results (a firing not run yet runs at "
+    "the restart, or at another replica)"
+)
 RECORD_WAIT_S = 30.0
 
 
@@ -85,7 +91,8 @@ class ResultsOfRecord:
             answered = await (with_results() if in_turn is None else in_turn(with_results))
             if answered is not None:
                 return answered
-            await asyncio.sleep(RECORD_POLL_S)
+            if await self._firings.closed_within(RECORD_POLL_S):
+                raise UnavailableError(STOPPED_WHILE_WAITING)
 
     async def _firing_ended(self, invocation_id: str) -> None:
         """Return once no firing of ``invocation_id`` is queued or running (anywhere in a fleet).
@@ -102,7 +109,9 @@ class ResultsOfRecord:
                     return
             except UnavailableError as err:  # PostgreSQL away for now: look again
                 logger.debug("firing %s: whether it ended: %s", invocation_id, err)
-            await asyncio.sleep(RECORD_POLL_S)
+            if await self._firings.closed_within(RECORD_POLL_S):
+                # Said now, not when the stop's grace cuts the call with gRPC's words.
+                raise UnavailableError(STOPPED_WHILE_WAITING)
 
     async def _recorded_results(self, ids: list[str]) -> list[RunResult | None] | None:
         """The history's results of ``ids`` (each None: none); None while it is away."""
