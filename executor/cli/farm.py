@@ -376,7 +376,10 @@ async def _waited(farm: FarmClient, args: argparse.Namespace) -> Any:
         # deadline answers where the jobs stand then.
         left = max(deadline - loop.time(), 0.001)
         try:
-            return await farm.wait_jobs(args.job_ids, wait_seconds=left)
+            reply = await farm.wait_jobs(args.job_ids, wait_seconds=min(left, WAIT_CALL_MAX_S))
+            if reply.done or left <= WAIT_CALL_MAX_S:
+                return reply
+            continue  # a longer --wait-timeout: asked again, an hour at a time
         except RetryableError as err:
             left = deadline - loop.time()
             if left <= 0:
@@ -386,6 +389,11 @@ async def _waited(farm: FarmClient, args: argparse.Namespace) -> Any:
                 away = True
             await asyncio.sleep(min(pause, left))
             pause = min(pause * 2, longest)
+
+
+# The longest one WaitJobs waits (``executor.api.farm.MAX_WAIT_S``); `farm wait` waits
+# longer in several.
+WAIT_CALL_MAX_S: Final = 3600.0
 
 
 # -- the parser -------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from executor.bounds import cut as cut_text
 from executor.cli.connection import (
     EXIT_NOT_SUCCEEDED,
     EXIT_OK,
@@ -82,15 +83,25 @@ def parse_since(text: str, now: float) -> float:
     text = text.strip()
     relative = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw])", text)
     if relative:
-        return now - float(relative.group(1)) * SINCE_UNITS[relative.group(2)]
+        return _finite(now - float(relative.group(1)) * SINCE_UNITS[relative.group(2)], text)
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return float(text)
+        return _finite(float(text), text)
     try:
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
         raise ValueError(
             f"--since {text!r}: expected a duration (30m, 1h, 2d), an ISO time or Unix seconds"
         ) from None
+
+
+def _finite(seconds: float, text: str) -> float:
+    """``seconds``, unless the digits were more than a float holds (310 of them: inf)."""
+    if math.isfinite(seconds):
+        return seconds
+    raise ValueError(
+        f"--since {cut_text(text, 40)!r}: out of range; expected a duration (30m, 1h, 2d), "
+        "an ISO time or Unix seconds"
+    )
 
 
 def parse_event(text: str) -> dict[str, str]:

@@ -44,6 +44,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import smtplib
@@ -317,7 +318,10 @@ def _time(value: Any) -> str:
         return _text(value)
     if seconds <= 0 or seconds == QB_TIME_EPOCH_OFFSET:
         return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+    except (OverflowError, OSError, ValueError):  # past the C library's years, or NaN
+        return _text(value)  # a supervisor's time as it sent it: the mail still goes
 
 
 def _elapsed(job: dict[str, Any], now: float) -> str:
@@ -326,7 +330,7 @@ def _elapsed(job: dict[str, Any], now: float) -> str:
         end = float(job.get("timecomplete") or 0)
     except (TypeError, ValueError):
         return ""
-    if start <= 0 or start == QB_TIME_EPOCH_OFFSET:
+    if start <= 0 or start == QB_TIME_EPOCH_OFFSET or not math.isfinite(start + end):
         return ""
     seconds = int(max(0.0, (end if end > 0 else now) - start))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -734,6 +734,17 @@ TOO_LARGE = str(1 << 64)
 MAX_ID = str((1 << 63) - 1)
 
 
+@pytest.mark.parametrize("value", ["9" * 310, "9" * 310 + "s", "9" * 310 + "d"])
+def test_a_since_past_what_a_float_holds_is_a_notice_on_runs(value: str) -> None:
+    # Probe 179: read as inf, sent on, and the page answered 400 with the executor's words.
+    source = RequestBuildingSource()
+    dashboard = Dashboard(source, CollectorRegistry(), Access(""))
+    response = dashboard.handle(get(f"/runs?since={value}"))
+    assert response.status == 200
+    assert source.asked[-1]["since"] == 0, "the bad filter is left out"
+    assert ": out of range; expected a duration" in response.body.decode()
+
+
 @pytest.mark.parametrize("value", [TOO_LARGE, "9" * 5000, str(1 << 63)])
 def test_a_job_filter_too_large_for_an_id_is_a_notice_on_runs(value: str) -> None:
     source = RequestBuildingSource()

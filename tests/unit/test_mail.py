@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import math
+import re
 import socket
 import stat
 from collections.abc import AsyncIterator
@@ -106,6 +108,19 @@ def test_unset_times_are_empty() -> None:
     assert variables["JOB_TIMESTART"] == ""
     assert variables["JOB_TIMEELAPSED"] == ""
     assert variables["WORK_NAME"] == variables["SUBJOB_ID"] == ""
+
+
+@pytest.mark.parametrize("when", [1_796_660_974_000_000_000, 2**63 - 1, math.inf, math.nan])
+def test_a_time_past_what_a_date_holds_is_shown_as_sent(when: float) -> None:
+    # Probe 179: a supervisor's time of 1.8e18 (nanoseconds sent for seconds) failed every
+    # mail callback of the job in time.localtime, and the code strings after it never ran.
+    job = {"id": 1, "timesubmit": when, "timestart": 1_700_000_000, "timecomplete": when}
+    variables = template_variables(job, None, None, "")
+
+    assert variables["JOB_TIMESUBMIT"] == variables["JOB_TIMECOMPLETE"] == str(when)
+    assert variables["JOB_TIMESTART"].startswith("2023-11-")  # its neighbour as a date
+    elapsed = variables["JOB_TIMEELAPSED"]
+    assert re.fullmatch(r"[0-9]+:[0-9]{2}:[0-9]{2}" if math.isfinite(when) else "", elapsed)
 
 
 @pytest.mark.parametrize(
