@@ -93,7 +93,12 @@ def server_options(
         # Our SETTINGS unacknowledged, as a ping unanswered: gRPC's default, max(2 x that,
         # 60 s), let a peer that sent HTTP/2's preface and nothing more hold its place 60 s.
         ("grpc.http2.settings_timeout", keepalive_timeout_ms),
-        ("grpc.max_allowed_incoming_connections", settings.max_connections),
+        # gRPC aborts the process on 2^31 - 1 itself (it must be below): the top of the
+        # setting's range is taken as one less, a difference no host can tell.
+        (
+            "grpc.max_allowed_incoming_connections",
+            min(settings.max_connections, MAX_CONNECTION_COUNT - 1),
+        ),
         ("grpc.server_handshake_timeout_ms", round(settings.handshake_timeout_seconds * 1000)),
         ("grpc.max_concurrent_streams", settings.max_streams),
         # Soft and hard alike: none refused below it, and the streams keep below it.

@@ -24,10 +24,13 @@ from executor.api.connections import server_options
 from executor.api.health import HealthService
 from executor.api.interceptors import CallGuard
 from executor.config import Settings
+from executor.config_checks import MAX_CONNECTION_COUNT
 from executor.heap_return import HeapTrimmer
 from executor.runs.metrics import Metrics
+from supervisor_client import ExecutorClient
 from supervisor_client.qbcallback.v1 import executor_pb2, executor_pb2_grpc
 from tests.conftest import running_stack, stack_settings
+from tests.helpers.executor_process import executor_process
 from tests.helpers.health import SERVING, health_list, health_updates
 from tests.helpers.unacked_peer import UnackedPeer
 from tests.helpers.unreading_peer import UnreadingPeer
@@ -425,3 +428,19 @@ async def test_the_executors_own_calls_take_no_clients_place(tmp_path: Path) -> 
             f"127.0.0.1:{stack.running.port}", options=[("grpc.use_local_subchannel_pool", 1)]
         ) as client:
             assert (await health_list(client))[""] == SERVING
+
+
+async def test_the_top_of_max_connections_starts_and_serves(tmp_path: Path) -> None:
+    # Probe 182: 2147483647, the documented top, passed --check-config and then gRPC's
+    # core aborted start-up (exit 134): it takes a connection cap below 2^31 - 1 only.
+    async with (
+        executor_process(
+            tmp_path / "data",
+            "",
+            tmp_path / "serve.log",
+            env={"CBEXEC_MAX_CONNECTIONS": str(MAX_CONNECTION_COUNT)},
+        ) as running,
+        ExecutorClient(running.address) as client,
+    ):
+        response = await client.execute_callback(language="python", code="pass", job={"id": 1})
+        assert response.outcome == executor_pb2.OUTCOME_SUCCEEDED
