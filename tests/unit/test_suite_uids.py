@@ -16,8 +16,23 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _python_in_the_tree(code: str, env: dict[str, str]) -> str:
-    """What ``python -c code`` prints, run in the repository with ``env``."""
+def test_a_worker_takes_a_base_given_by_hand_plus_its_number_of_thousands() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CBEXEC_")}
+    env["CBEXEC_TEST_UID_BASE"] = "70000"
+    code = "import tests.conftest as c; print(c.TEST_UID_BASE)"
+    assert _python_in_the_tree(code, env, worker="gw2").strip() == "72000"
+    assert _python_in_the_tree(code, env).strip() == "70000"
+
+
+def _python_in_the_tree(code: str, env: dict[str, str], worker: str = "") -> str:
+    """What ``python -c code`` prints, run in the repository with ``env``.
+
+    Not as a pytest-xdist worker, whatever this one is (a worker offsets a base given by
+    hand by its number), but as ``worker`` when one is named.
+    """
+    env = {name: value for name, value in env.items() if not name.startswith("PYTEST_XDIST_")}
+    if worker:
+        env["PYTEST_XDIST_WORKER"] = worker
     done = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
