@@ -17,6 +17,7 @@ from executor.bounds import MAX_REQUEST_BYTES
 from executor.config import MIB, Settings, shown
 from executor.errors import ConfigError
 from executor.model import Limits
+from executor.sandbox.limits import as_written
 from executor.sandbox.limits import setting_problem as limit_problem
 from supervisor_client.credentials import token_length_problem
 from supervisor_client.targets import check_address
@@ -136,7 +137,10 @@ def _check_limits(settings: Settings) -> Iterator[str]:
     for key in _LIMIT_FIELDS:
         default, cap = getattr(settings.default_limits, key), getattr(settings.max_limits, key)
         if key not in named and default > cap:
-            yield f"default_limits.{key}: {default} exceeds max_limits.{key} {cap}"
+            yield (
+                f"default_limits.{key}: {as_written(default)} exceeds max_limits.{key} "
+                f"{as_written(cap)}"
+            )
 
 
 def _check_supervisor(settings: Settings) -> Iterator[str]:

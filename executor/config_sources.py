@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from executor.config import Settings, default_data_dir, default_max_concurrent
 from executor.config_checks import meaning_problems
-from executor.config_values import TableError, coerce
+from executor.config_values import MeaningLine, TableError, coerce
 from executor.errors import ConfigError
 
 ENV_PREFIX: Final = "CBEXEC_"
@@ -102,7 +102,13 @@ def overlay(
                     f"{origin}: {key}", raw, getattr(settings, key), text=text, typed=typed
                 )
             except TableError as err:
-                problems.append(str(err))
+                in_file = origin not in ("environment", "flag")
+                problems += [
+                    line.removeprefix(f"{origin}: ")
+                    if in_file and isinstance(line, MeaningLine)
+                    else line
+                    for line in err.lines
+                ]
                 refused.update(f"{key}.{sub}" for sub in err.keys)
                 changes[key] = err.partial
             except ConfigError as err:
@@ -253,11 +259,13 @@ def layered(
         refused = (refused - set(values) - given) | laid.refused
     if config_file is not None:
         settings = settings.replace(config_file=str(config_file))
-    problems += [
-        _from(given_by, problem) for problem in meaning_problems(settings, frozenset(refused))
-    ]
+    meaning = meaning_problems(settings, frozenset(refused))
+    problems += [_from(given_by, problem) for problem in meaning]
     if problems and beside is not None:
-        problems += beside(settings, frozenset(refused))
+        # A setting the meaning checks refused (a default above its cap) is refused to the
+        # checks built on it too: the policies would name it again, as their own problem.
+        judged = {problem.split(":", 1)[0] for problem in meaning}
+        problems += beside(settings, frozenset(refused | judged))
     if problems:
         raise ConfigError("\n".join(problems))
     return settings

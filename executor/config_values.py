@@ -155,6 +155,14 @@ def check_written_type(raw: Any, current: Any, name: str) -> None:
         raise TypeError(f"expected {expected}, got {as_written(raw)}")
 
 
+class MeaningLine(str):
+    """A table's problem with what a value means, not with its type.
+
+    Its source is named as the meaning checks name theirs: the environment or a flag,
+    never the config file (README: a value the file gave is named by its setting alone).
+    """
+
+
 class TableError(ConfigError):
     """Some keys of a settings table are refused: a line each, which keys, and the rest applied.
 
@@ -165,6 +173,7 @@ class TableError(ConfigError):
 
     def __init__(self, problems: list[str], keys: list[str], partial: Any) -> None:
         super().__init__("\n".join(problems))
+        self.lines = problems
         self.keys = keys
         self.partial = partial
 
@@ -194,7 +203,7 @@ def _coerce_table(name: str, raw: Any, current: Any, *, text: bool, typed: bool)
         if isinstance(current, MailSettings) and (
             problem := MailSettings.value_problem(key, changes[key])
         ):
-            problems.append(f"{name}.{key}: {problem}")
+            problems.append(MeaningLine(f"{name}.{key}: {problem}"))
             keys.append(key)
             del changes[key]
     if problems:

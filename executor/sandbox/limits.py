@@ -52,6 +52,13 @@ MOST: Final[dict[str, float]] = {
 }
 
 
+def as_written(value: float) -> str:
+    """A limit as an admin would write it: 3600, 0.5, 1000000000.5, 1e+300 (never rounded)."""
+    if isinstance(value, int) or (value.is_integer() and abs(value) < 1e16):
+        return str(int(value))
+    return repr(value)
+
+
 def setting_problem(name: str, value: float) -> str | None:
     """Why ``value`` cannot be the configured limit ``name`` (a default or a cap); None if it can."""
     if not math.isfinite(value):
@@ -59,7 +66,7 @@ def setting_problem(name: str, value: float) -> str | None:
     if value <= 0:
         return "must be positive"
     if value > MOST[name]:
-        return f"must be at most {MOST[name]:.10g}, got {value:.10g}"
+        return f"must be at most {as_written(MOST[name])}, got {as_written(value)}"
     return None
 
 

@@ -696,8 +696,10 @@ def test_every_bad_mail_setting_is_named_a_line_each(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         config_sources.layered(toml, {}, {})
     assert str(caught.value).splitlines() == [
-        f"{toml}: mail.delivery: expected file or smtp, got 'pigeon'",
-        f"{toml}: mail.smtp_port: expected 1-65535, got 0",
+        # What a value means is named by its setting alone, as every such check names it
+        # (the file's path only for a value of the wrong type; probe 182).
+        "mail.delivery: expected file or smtp, got 'pigeon'",
+        "mail.smtp_port: expected 1-65535, got 0",
         "mail.smtp_timeout_seconds: must be positive, got 0",
     ]
 
@@ -712,11 +714,10 @@ def test_a_mail_sender_domain_or_host_that_cannot_work_is_named(tmp_path: Path) 
     with pytest.raises(ConfigError) as caught:
         config_sources.layered(toml, {}, {})
     assert str(caught.value).splitlines() == [
-        f"{toml}: mail.sender: holds a control character; expected one address such as "
+        "mail.sender: holds a control character; expected one address such as "
         "qube@farm.example, got 'qube@farm.example\\r\\nBcc: evil@x'",
-        f"{toml}: mail.default_domain: expected a mail domain such as farm.example, "
-        "got 'farm example>'",
-        f"{toml}: mail.smtp_host: expected the relay's host name or IP address, got ''",
+        "mail.default_domain: expected a mail domain such as farm.example, got 'farm example>'",
+        "mail.smtp_host: expected the relay's host name or IP address, got ''",
     ]
     toml.write_text('[mail]\nsender = "a@farm.example, evil@elsewhere.example"\n')
     with pytest.raises(ConfigError, match=r"mail\.sender: expected one address"):
@@ -731,7 +732,7 @@ def test_every_bad_limit_is_named_once() -> None:
         config.Settings(),
         {
             "default_limits": {"cpu_seconds": -1, "wall_seconds": 2e9},
-            "max_limits": {"memory_bytes": 0},
+            "max_limits": {"memory_bytes": 0, "wall_seconds": 1e9 + 0.5},
         },
         "t",
     )
@@ -740,6 +741,7 @@ def test_every_bad_limit_is_named_once() -> None:
     assert str(caught.value).splitlines() == [
         "default_limits.cpu_seconds: must be positive",
         "default_limits.wall_seconds: must be at most 1000000000, got 2000000000",
+        "max_limits.wall_seconds: must be at most 1000000000, got 1000000000.5",  # probe 182
         "max_limits.memory_bytes: must be positive",
     ]
 
@@ -1009,7 +1011,7 @@ def test_a_problem_names_the_environment_or_the_flag_that_gave_its_setting(
     assert str(caught.value).splitlines() == [
         "environment: default_limits.cpu_seconds: must be positive",
         # Its default's 30 (no source gave it) against the file's cap.
-        "default_limits.wall_seconds: 30 exceeds max_limits.wall_seconds 10.0",
+        "default_limits.wall_seconds: 30 exceeds max_limits.wall_seconds 10",
         "flag: grace_seconds: must be 0 or more, got -1",
         "max_queue: must be 0 or more, got -1",
         "environment: auth_token: character 4 is not printable ASCII, which no client can send"
@@ -1152,3 +1154,16 @@ def test_policies_that_are_not_tables_are_said_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         layered_settings(toml, {}, {})
     assert str(caught.value).splitlines() == [f"{toml}: policies: expected [policies.NAME] tables"]
+
+
+@pytest.mark.usefixtures("no_settings_in_the_environment")
+def test_a_default_above_its_cap_is_said_once_not_again_by_each_policy(tmp_path: Path) -> None:
+    # Probe 182: two more lines, `{toml}: policies.job.default_limits.wall_seconds: exceeds
+    # max_limits.wall_seconds` and the universal policy's, for a file without [policies].
+    toml = tmp_path / "t.toml"
+    toml.write_text('bind = "127.0.0.1:0"\n')
+    with pytest.raises(ConfigError) as caught:
+        layered_settings(toml, {"CBEXEC_DEFAULT_LIMITS__WALL_SECONDS": "4000"}, {})
+    assert str(caught.value).splitlines() == [
+        "environment: default_limits.wall_seconds: 4000 exceeds max_limits.wall_seconds 3600"
+    ]
