@@ -33,10 +33,9 @@ from executor.web.host_check import MISDIRECTED, HostCheck
 from executor.web.html import Html, tag
 from executor.web.jobs_pages import JobsQuery, jobs_body, jobs_page
 from executor.web.layout import notice, page
-from executor.web.source import SourceRefused, SourceUnavailable
+from executor.web.source import RunNotFound, SourceRefused, SourceUnavailable
 from executor.web.status_pages import health_body, health_page, universal_page
 from executor.web.stream_gate import StreamGate
-from supervisor_client import ExecutorRpcError
 
 logger = logging.getLogger(__name__)
 
@@ -357,19 +356,18 @@ class Dashboard:
         stream = request.query.get("stream")
         if stream is not None:
             return self._stream(request, invocation_id, stream)
-        run = self._run_record(invocation_id)
+        run, why = self._run_record(invocation_id)
         if run is None:
-            return self._no_run(invocation_id, request)
+            return self._error(404, "No such run", why, request)
         return self._page(f"Run {invocation_id[:8]}", request, lambda _: runs_pages.run_page(run))
 
-    def _run_record(self, invocation_id: str) -> Any | None:
+    def _run_record(self, invocation_id: str) -> tuple[Any | None, str]:
+        """The run's record, else None and why: the executor's words (in progress, pruned)."""
         try:
-            return self._source.get_run(invocation_id)
-        except ExecutorRpcError:
-            return None
-
-    def _no_run(self, invocation_id: str, request: Request) -> Response:
-        return self._error(404, "No such run", f"No run {invocation_id!r} in the history.", request)
+            run = self._source.get_run(invocation_id)
+        except RunNotFound as err:
+            return None, str(err)
+        return run, f"No run {invocation_id!r} in the history."
 
     def _stream(self, request: Request, invocation_id: str, stream: str) -> Response:
         """A whole output stream as text, in one of the port's few stream slots (StreamGate)."""
@@ -383,10 +381,10 @@ class Dashboard:
             retry = (("Retry-After", RETRY_STREAM_S), ("Cache-Control", "no-store"))
             return Response(503, busy.encode(), TEXT_TYPE, retry)
         try:
-            run = self._run_record(invocation_id)
+            run, why = self._run_record(invocation_id)
             if run is None:
                 self._streams.leave()
-                return self._no_run(invocation_id, request)
+                return self._error(404, "No such run", why, request)
             # Text, never HTML (nosniff is on every response): output shows as written.
             text = runs_pages.stream_text(run, stream).encode()
         except BaseException:

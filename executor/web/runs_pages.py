@@ -322,6 +322,12 @@ def run_page(run: Any) -> Html:
         ]
     )
     parts: list[object] = [tag("div", facts, usage, class_="columns")]
+    if run.newer_run_in_progress:  # as `cbexec runs show` says it
+        newer = (
+            "A newer run of this id is in progress: this record is the previous run's, and"
+            " the newer run's replaces it when it ends."
+        )
+        parts.insert(0, notice(newer, "warn"))
     if result.HasField("failure") and (result.failure.message or result.failure.traceback):
         failure = result.failure
         parts.append(

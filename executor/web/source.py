@@ -59,6 +59,10 @@ class SourceUnavailable(Exception):
     """The executor did not answer in time, refused, or is stopping (a 503 page)."""
 
 
+class RunNotFound(Exception):
+    """No record of the run: the executor's words say why (unknown or pruned, or in progress)."""
+
+
 class SourceRefused(Exception):
     """The executor answered that the request itself is wrong (INVALID_ARGUMENT: a 400 page).
 
@@ -157,12 +161,12 @@ class ExecutorSource:
             )
         )
 
-    def get_run(self, invocation_id: str) -> Any | None:
-        """One run with its result; None when unknown or pruned."""
+    def get_run(self, invocation_id: str) -> Any:
+        """One run with its result; RunNotFound when it has no record (why, in its text)."""
         try:
             run = self._call(lambda: self._client.get_run(invocation_id))
-        except ExecutorRpcError:  # NOT_FOUND: _call lets only that one through
-            return None
+        except ExecutorRpcError as err:  # NOT_FOUND: _call lets only that one through
+            raise RunNotFound(err.details) from err
         except SourceUnavailable:
             self._large.seen = True  # it may have been made, large, after all
             raise

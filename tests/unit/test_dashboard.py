@@ -32,7 +32,13 @@ from executor.web.frame_strip import Frame, in_agenda_order, tally
 from executor.web.html import Html, esc, tag
 from executor.web.jobs_pages import frame_shape
 from executor.web.runs_pages import STREAM_EDGE_BYTES, Excerpt, RunFilters, excerpt
-from executor.web.source import ExecutorSource, HealthNow, SourceRefused, SourceUnavailable
+from executor.web.source import (
+    ExecutorSource,
+    HealthNow,
+    RunNotFound,
+    SourceRefused,
+    SourceUnavailable,
+)
 from supervisor_client import ExecutorRpcError
 from supervisor_client.client import outcome_value
 from supervisor_client.qbcallback.v1 import executor_pb2, types_pb2
@@ -252,6 +258,37 @@ def source_on_a_loop(client: object, **options: Any) -> Iterator[ExecutorSource]
         loop.close()
 
 
+def test_a_run_with_no_record_says_why_in_the_executors_words() -> None:
+    # Probe 184: a run in progress was "No run 'x' in the history.", as an unknown id is,
+    # where GetRun and `cbexec runs show` say it is in progress.
+    in_progress = (
+        "run 'x' is in progress (running) at this executor: its record is made when it ends"
+    )
+
+    class Running(FakeSource):
+        def get_run(self, invocation_id: str) -> Any:
+            raise RunNotFound(in_progress)
+
+    dashboard = Dashboard(Running(), CollectorRegistry(), Access(""))
+    for path in ("/runs/x", "/run?id=x", "/runs/x?stream=stdout"):
+        page = dashboard.handle(get(path))
+        assert page.status == 404, path
+        assert html.escape(in_progress) in page.body.decode(), path
+
+
+def test_a_record_whose_id_runs_again_says_so() -> None:
+    source = FakeSource()
+    source.run.newer_run_in_progress = True
+    page = Dashboard(source, CollectorRegistry(), Access("")).handle(get("/runs/inv-1"))
+    assert "A newer run of this id is in progress" in page.body.decode()
+    assert (
+        "A newer run"
+        not in Dashboard(FakeSource(), CollectorRegistry(), Access(""))
+        .handle(get("/runs/inv-1"))
+        .body.decode()
+    )
+
+
 def test_the_source_tells_a_refused_request_from_an_executor_that_is_away() -> None:
     class Client:
         async def get_run(self, invocation_id: str) -> Any:
@@ -264,7 +301,8 @@ def test_the_source_tells_a_refused_request_from_an_executor_that_is_away() -> N
     with source_on_a_loop(Client()) as source:
         with pytest.raises(SourceRefused, match="about abcd"):
             source.get_run("abcd")
-        assert source.get_run("gone") is None
+        with pytest.raises(RunNotFound, match="about gone"):
+            source.get_run("gone")
         with pytest.raises(SourceUnavailable, match="UNAVAILABLE: about down"):
             source.get_run("down")
 
