@@ -7,7 +7,9 @@ are stopped, and report what they were given.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -585,6 +587,30 @@ async def test_a_run_its_caller_left_in_the_queue_is_logged_as_no_run(
     assert record.getMessage() == (
         f"run run-b, whose caller has gone: {CALLER_CANCELLED} before the callback started: no run"
     )
+    harness.runner.finish("a")
+    await running
+
+
+async def test_a_run_its_caller_left_in_the_queue_is_freed_without_the_cyclic_collector() -> None:
+    # Probe 183: its task's error held the task's frame, the frame the run, the run the
+    # task: each cancelled queued Execute kept its request (15 MiB) until a gc pass.
+    harness = Harness(slots=1, queue=1)
+    running = harness.start("a")
+    waiting = harness.start("b")
+    await settle()
+    (task,) = [t for t in asyncio.all_tasks() if t.get_name() == "run run-b"]
+    run_task = weakref.ref(task)
+    del task
+    gc.disable()
+    try:
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        del waiting
+        await settle()
+        assert run_task() is None
+    finally:
+        gc.enable()
     harness.runner.finish("a")
     await running
 
