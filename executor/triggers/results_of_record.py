@@ -28,13 +28,13 @@ InTurn = Callable[[Callable[[], Awaitable[list[Fired] | None]]], Awaitable[list[
 # A ``wait`` publisher whose firing another replica re-ran looks for that run's result this
 # often, and gives up (no result) this long after the firing is done without one.
 RECORD_POLL_S = 0.5
+RECORD_WAIT_S = 30.0
 # A resent event's waiter at a stop: its firings stay queued (or run at another replica).
 STOPPED_WHILE_WAITING = (
     "the trigger engine stopped while this resend waited for the event's firings; publish "
     "it again, with the same event_id, for their results (a firing not run yet runs at "
     "the restart, or at another replica)"
 )
-RECORD_WAIT_S = 30.0
 
 
 class ResultsOfRecord:
