@@ -19,6 +19,7 @@ from executor.triggers.results_of_record import STOPPED_WHILE_WAITING
 from supervisor_client import ExecutorClient, RetryableError
 from tests.conftest import stack_settings
 from tests.faults.helpers import executor
+from tests.helpers.waiting import eventually
 
 pytestmark = pytest.mark.faults
 
@@ -43,9 +44,14 @@ async def test_resends_waiting_at_a_stop_are_told_to_publish_again(tmp_path: Pat
             )
 
         first = publish()
-        await asyncio.sleep(0.5)  # applied, its firing running
+
+        async def running_its_firing() -> bool:
+            metrics = await client.get_metrics()
+            return metrics.callbacks_fired == 1 and metrics.active_children == 1
+
+        assert await eventually(running_its_firing)  # applied: the next two are resends
         resends = [publish() for _ in range(2)]
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.5)  # each waiting for the firing (a look every 0.5 s)
         stopped_at = time.monotonic()
         stop = asyncio.ensure_future(running.stop())
         answers = await asyncio.gather(first, *resends, return_exceptions=True)
