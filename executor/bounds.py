@@ -47,6 +47,8 @@ MAX_REQUEST_BYTES: Final = 16 << 20
 # so neither a request nor a callback's qb call may name one. Instance ids are int32.
 MAX_ID: Final = (1 << 63) - 1
 MAX_SUBJOB_ID: Final = (1 << 31) - 1
+# The longest one WaitJobs waits; `cbexec farm wait` waits longer in several of them.
+MAX_WAIT_S: Final = 3600.0
 
 
 def code_size_problem(code: str) -> str | None:

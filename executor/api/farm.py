@@ -36,6 +36,7 @@ from executor.api import convert
 from executor.api.errors import Context, grpc_errors
 from executor.api.farm_registration import RoomCheck, registration_problem
 from executor.api.struct_values import struct_dict
+from executor.bounds import MAX_WAIT_S
 from executor.errors import (
     HostCallError,
     InvalidRequestError,
@@ -62,7 +63,6 @@ DEFAULT_WAIT_S: Final = 60.0
 # Entries of one ChangeWork's ``work``: each costs the loop a moment whether or not it
 # selects anything new, and a range or a comma list names any number of items in one.
 MAX_WORK_ENTRIES: Final = 100_000
-MAX_WAIT_S: Final = 3600.0
 # Entries of one WaitJobs' ``job_ids`` (repeats count; each job is waited for once): far
 # more jobs than a person or a script waits for by name, and a pass over them all is one
 # read of a few milliseconds. An empty list waits for every job.

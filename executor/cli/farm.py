@@ -31,6 +31,7 @@ from typing import Any, Final, TextIO
 import grpc
 
 from executor import triggers
+from executor.bounds import MAX_WAIT_S
 from executor.cli.connection import (
     EXIT_NOT_SUCCEEDED,
     EXIT_OK,
@@ -376,8 +377,8 @@ async def _waited(farm: FarmClient, args: argparse.Namespace) -> Any:
         # deadline answers where the jobs stand then.
         left = max(deadline - loop.time(), 0.001)
         try:
-            reply = await farm.wait_jobs(args.job_ids, wait_seconds=min(left, WAIT_CALL_MAX_S))
-            if reply.done or left <= WAIT_CALL_MAX_S:
+            reply = await farm.wait_jobs(args.job_ids, wait_seconds=min(left, MAX_WAIT_S))
+            if reply.done or left <= MAX_WAIT_S:
                 return reply
             continue  # a longer --wait-timeout: asked again, an hour at a time
         except RetryableError as err:
@@ -389,11 +390,6 @@ async def _waited(farm: FarmClient, args: argparse.Namespace) -> Any:
                 away = True
             await asyncio.sleep(min(pause, left))
             pause = min(pause * 2, longest)
-
-
-# The longest one WaitJobs waits (``executor.api.farm.MAX_WAIT_S``); `farm wait` waits
-# longer in several.
-WAIT_CALL_MAX_S: Final = 3600.0
 
 
 # -- the parser -------------------------------------------------------------------------

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from executor.api.farm import MAX_WAIT_S
-from executor.cli.farm import WAIT_CALL_MAX_S, _waited
+from executor.bounds import MAX_WAIT_S
+from executor.cli.farm import _waited
 from supervisor_client.qbcallback.v1 import farm_pb2
 
 pytestmark = pytest.mark.unit
@@ -25,10 +25,6 @@ class Farm:
         return farm_pb2.WaitJobsResponse(done=len(self.asked) == 3)
 
 
-def test_the_cli_asks_for_no_more_than_waitjobs_takes() -> None:
-    assert WAIT_CALL_MAX_S == MAX_WAIT_S
-
-
 async def test_a_wait_longer_than_one_waitjobs_asks_again_an_hour_at_a_time() -> None:
     # Probe 179: --wait-timeout 5000 was sent whole and refused by the executor.
     farm = Farm()
@@ -36,7 +32,7 @@ async def test_a_wait_longer_than_one_waitjobs_asks_again_an_hour_at_a_time() ->
     reply = await _waited(farm, args)  # type: ignore[arg-type]
     assert reply.done
     # Answered at once here, so the hours left do not go down: each asks for the most.
-    assert farm.asked == [WAIT_CALL_MAX_S] * 3
+    assert farm.asked == [MAX_WAIT_S] * 3
 
 
 async def test_a_wait_within_one_waitjobs_is_answered_by_it_done_or_not() -> None:
